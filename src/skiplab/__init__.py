@@ -1,0 +1,25 @@
+"""skiplab: a laboratory for skip connections.
+
+Build every skip design from one set of parts, train it, and measure what the skips do.
+
+>>> import skiplab
+>>> model = skiplab.create_model("preact-resnet-20")  # doctest: +SKIP
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .models import create_model, from_torchvision, list_models, register_model, summarize
+
+try:
+    __version__ = version("skiplab")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "__version__",
+    "create_model",
+    "from_torchvision",
+    "list_models",
+    "register_model",
+    "summarize",
+]

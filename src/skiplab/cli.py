@@ -1,0 +1,213 @@
+"""The ``skiplab`` command line: parses and validates at the edge, then calls the API.
+
+Errors in user input print one line (``error: ...``) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="skiplab: a laboratory for skip connections.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str) -> None:
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    raise typer.Exit(2)
+
+
+def user_errors(fn: F) -> F:
+    """Turn a ``ValueError`` from the library into one line on stderr and exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ValueError as err:
+            fail(str(err))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_value(text: str) -> Any:
+    """A CLI option value: YAML scalars and lists (``0.5``, ``true``, ``[concat, none]``),
+    or a comma-separated list (``concat,none,add,add``)."""
+    if "," in text and not text.lstrip().startswith("["):
+        return [parse_value(t) for t in text.split(",")]
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return text if value is None else value
+
+
+def parse_options(args: list[str]) -> dict[str, Any]:
+    """``--key value`` / ``--key=value`` pairs into model options (dashes become underscores)."""
+    options: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ValueError(
+                f"unexpected argument {arg!r}: model options look like --placement full-preact"
+            )
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                raise ValueError(f"option --{key} needs a value, e.g. --{key} VALUE")
+            value = args[i + 1]
+            i += 1
+        options[key.replace("-", "_")] = parse_value(value)
+        i += 1
+    return options
+
+
+def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(t) for t in text.replace("x", ",").split(","))
+    except ValueError:
+        raise ValueError(
+            f"invalid --input-size {text!r}: give C,H,W (e.g. 3,32,32) or H (e.g. 64)"
+        ) from None
+    return shape
+
+
+@app.command("models")
+@user_errors
+def models_cmd(
+    name: str = typer.Argument(None, help="show the options of one model"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """List model names, or one model's options and defaults."""
+    from .models import model_entries, model_options
+
+    console = Console()
+    if name is not None:
+        opts = model_options(name)
+        if as_json:
+            print(json.dumps({k: v if not callable(v) else str(v) for k, v in opts.items()}))
+            return
+        table = Table(title=f"{name}: options (defaults)")
+        table.add_column("option")
+        table.add_column("default")
+        for k, v in opts.items():
+            table.add_row(k, "(by block)" if v is None and k == "shortcut" else repr(v))
+        console.print(table)
+        return
+    entries = model_entries()
+    if as_json:
+        out = [
+            {
+                "name": e.name,
+                "description": e.description,
+                "examples": list(e.examples),
+                "options": list(e.options()),
+            }
+            for e in entries
+        ]
+        print(json.dumps(out))
+        return
+    table = Table(title="skiplab models (D = depth; options: skiplab models NAME)")
+    table.add_column("name")
+    table.add_column("description")
+    table.add_column("depths")
+    for e in entries:
+        table.add_row(e.name, e.description, ", ".join(map(str, e.examples)))
+    console.print(table)
+
+
+@app.command("summary", context_settings=EXTRA)
+@user_errors
+def summary_cmd(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="model name, e.g. resnet-20"),
+    input_size: str = typer.Option(None, "--input-size", help="C,H,W (or H) for the MAC count"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Parameters, MACs, residual units and shortcut kinds of NAME [--option value ...]."""
+    from .models import create_model, summarize
+
+    options = parse_options(ctx.args)
+    model = create_model(name, **options)
+    shape = parse_shape(input_size)
+    if shape is not None and len(shape) == 1 and len(model.example_input_shape) == 3:
+        shape = (model.example_input_shape[0], shape[0], shape[0])
+    s = summarize(model, shape)
+    if as_json:
+        print(json.dumps({"name": name, "options": options, **s.to_dict()}))
+        return
+    table = Table(title=f"{name} {' '.join(ctx.args)}".strip(), show_header=False)
+    table.add_row("parameters", f"{s.params:,}")
+    table.add_row("input", "x".join(map(str, s.input_shape)))
+    table.add_row("output", "x".join(map(str, s.output_shape)))
+    table.add_row("MACs", f"{s.macs:,} ({s.macs / 1e9:.3g} G)")
+    table.add_row("units", str(s.units))
+    table.add_row("shortcuts", ", ".join(f"{k}: {v}" for k, v in s.shortcuts.items()) or "-")
+    table.add_row("placements", ", ".join(f"{k}: {v}" for k, v in s.placements.items()) or "-")
+    Console().print(table)
+
+
+@app.command("demo")
+@user_errors
+def demo_cmd() -> None:
+    """A short tour of what is built: the skip designs side by side."""
+    from .models import create_model, summarize
+
+    console = Console()
+    table = Table(title="skip designs from one set of parts")
+    for col in ("model", "options", "params", "MACs (M)", "units", "shortcuts"):
+        table.add_column(col)
+    rows = [
+        ("plain-20", {}),
+        ("resnet-20", {}),
+        ("resnet-20", {"shortcut": "projection"}),
+        ("preact-resnet-20", {}),
+        ("resnet-20", {"shortcut": "exclusive-gating", "gate_bias": -6}),
+        ("resnet-20", {"init": "zero-last-norm"}),
+        ("resnet-110", {}),
+        ("preact-resnet-164", {}),
+        ("resnet50", {}),
+        ("unet", {}),
+        ("unet", {"block": "residual", "skip": "add", "base_width": 16}),
+        ("resmlp-8", {}),
+    ]
+    for name, opts in rows:
+        s = summarize(create_model(name, **opts))
+        table.add_row(
+            name,
+            " ".join(f"{k}={v}" for k, v in opts.items()) or "-",
+            f"{s.params:,}",
+            f"{s.macs / 1e6:,.1f}",
+            str(s.units),
+            ", ".join(f"{k}: {v}" for k, v in s.shortcuts.items()) or "-",
+        )
+    console.print(table)
+    console.print("Next: skiplab summary NAME --option value; skiplab models NAME")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

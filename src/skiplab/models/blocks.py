@@ -1,0 +1,297 @@
+"""The residual unit: one class for every unit of He et al. 2015/2016 and their relatives.
+
+Skip structure is a parameter, not a class. A unit is
+
+    out = post( combine( shortcut(x), branch_scale * branch(preact(x)) ) )
+
+where ``preact`` is the pre-activation of He et al. 2016 (empty for post-activation
+units), ``combine`` is an addition (or a gated sum), and ``post`` is what the unit does
+after the addition (ReLU in the original unit, BN + ReLU in "BN after addition").
+The parts (``conv_layer``, ``norm_layer``, ``act_layer``) are injected callables, so the
+same unit serves 2-D convolutions and fully connected layers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from .layers import (
+    NORM_TYPES,
+    ActLayer,
+    ConvLayer,
+    NormLayer,
+    PadShortcut,
+    ScalarBias,
+    Scale,
+    check_choice,
+    invalid,
+)
+
+# He et al. 2016, Fig. 4 (a)-(e).
+PLACEMENTS = ("original", "bn-after-add", "relu-before-add", "relu-only-preact", "full-preact")
+PREACT_PLACEMENTS = ("relu-only-preact", "full-preact")
+# He et al. 2015 options A/B/C and He et al. 2016, Fig. 2 / Table 1.
+SHORTCUTS = (
+    "identity",
+    "projection",
+    "all-projection",
+    "scaling",
+    "exclusive-gating",
+    "shortcut-only-gating",
+    "conv1x1",
+    "dropout",
+    "none",
+)
+
+
+def check_branch_scale(value: float | str) -> float | str:
+    if value == "rezero":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise invalid("branch_scale", value, "allowed: a finite number or 'rezero'")
+    return float(value)
+
+
+def check_unit_options(
+    placement: str,
+    shortcut: str,
+    shortcut_scale: float | None,
+    shortcut_dropout: float | None,
+    gate_bias: float | None,
+    branch_scale: float | str,
+) -> None:
+    """Validate the unit options that every residual model shares; raise ``ValueError``."""
+    check_choice("placement", placement, PLACEMENTS)
+    check_choice("shortcut", shortcut, SHORTCUTS)
+    check_branch_scale(branch_scale)
+    for option, value, needs in (
+        ("shortcut_scale", shortcut_scale, ("scaling",)),
+        ("shortcut_dropout", shortcut_dropout, ("dropout",)),
+        ("gate_bias", gate_bias, ("exclusive-gating", "shortcut-only-gating")),
+    ):
+        if value is None:
+            continue
+        if shortcut not in needs:
+            raise ValueError(
+                f"invalid {option}={value!r} with shortcut={shortcut!r}: {option} only applies "
+                f"to shortcut={' or '.join(repr(n) for n in needs)}"
+            )
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise invalid(option, value, "must be a finite number")
+    if shortcut_dropout is not None and not 0.0 <= shortcut_dropout < 1.0:
+        raise invalid("shortcut_dropout", shortcut_dropout, "must be in [0, 1)")
+
+
+class Gate(nn.Module):
+    """g(x) = sigmoid(W_g x + b_g), a 1x1 convolution with per-channel bias (He et al. 2016, Fig. 2c-d)."""
+
+    def __init__(self, conv: nn.Module, channels: int, bias: float) -> None:
+        super().__init__()
+        self.conv = conv
+        self.bias = nn.Parameter(torch.full((channels,), float(bias)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.conv(x)
+        return torch.sigmoid(z + self.bias.view(1, -1, *([1] * (z.dim() - 2))))
+
+
+class ResidualUnit(nn.Module):
+    """A basic (two k x k layers) or bottleneck (1x1, k x k, 1x1) residual unit.
+
+    Args:
+        in_channels, out_channels, stride: shape of the unit; a bottleneck's inner width
+            is ``mid_channels`` (default ``out_channels // 4``); the stride sits on the
+            k x k layer (torchvision's ResNet v1.5).
+        placement: where BN and the activation sit (He et al. 2016, Fig. 4).
+        shortcut: the shortcut variant (see ``SHORTCUTS``); ``"none"`` makes a plain unit.
+        shortcut_scale / shortcut_dropout / gate_bias: parameters of those variants.
+        branch_scale: constant factor on the branch, or ``"rezero"`` (learnable, init 0).
+        fixup: append Fixup's learnable scalar multiplier to the branch (Zhang et al. 2019).
+        conv_layer, norm_layer, act_layer: the parts; ``norm_layer=None`` means no norm.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        *,
+        conv_layer: ConvLayer,
+        norm_layer: NormLayer | None,
+        act_layer: ActLayer,
+        bottleneck: bool = False,
+        mid_channels: int | None = None,
+        kernel_size: int = 3,
+        placement: str = "original",
+        shortcut: str = "identity",
+        shortcut_scale: float | None = None,
+        shortcut_dropout: float | None = None,
+        gate_bias: float | None = None,
+        branch_scale: float | str = 1.0,
+        fixup: bool = False,
+    ) -> None:
+        super().__init__()
+        check_unit_options(
+            placement, shortcut, shortcut_scale, shortcut_dropout, gate_bias, branch_scale
+        )
+        self.placement = placement
+        self.shortcut_variant = shortcut
+        preact = placement in PREACT_PLACEMENTS
+
+        if bottleneck:
+            mid = mid_channels or max(1, out_channels // 4)
+            layers = [
+                (in_channels, mid, 1, 1),
+                (mid, mid, kernel_size, stride),
+                (mid, out_channels, 1, 1),
+            ]
+        else:
+            layers = [
+                (in_channels, out_channels, kernel_size, stride),
+                (out_channels, out_channels, kernel_size, 1),
+            ]
+
+        # Pre-activation (He et al. 2016, Fig. 4d-e): applied before the branch; a
+        # projection shortcut reads its output too (as in He et al.'s code and timm).
+        pre: list[tuple[str, nn.Module]] = []
+        if placement == "full-preact" and norm_layer is not None:
+            pre.append(("norm", norm_layer(in_channels)))
+        if preact:
+            pre.append(("act", act_layer()))
+        self.preact = nn.Sequential(OrderedDict(pre)) if pre else nn.Identity()
+
+        # The residual branch, named conv1, norm1, act1, conv2, ...
+        ops: list[tuple[str, nn.Module]] = []
+        for i, (cin, cout, k, s) in enumerate(layers, start=1):
+            last = i == len(layers)
+            ops.append((f"conv{i}", conv_layer(cin, cout, k, s)))
+            # "BN after addition" and full pre-activation end the branch on the weight layer.
+            if norm_layer is not None and not (
+                last and placement in ("bn-after-add", "full-preact")
+            ):
+                ops.append((f"norm{i}", norm_layer(cout)))
+            if not last or placement == "relu-before-add":
+                ops.append((f"act{i}", act_layer()))
+        if fixup:
+            ops.append(("scale", Scale(1.0, learnable=True)))
+        self.branch = nn.Sequential(OrderedDict(ops))
+        self.num_branch_layers = len(layers)
+
+        if branch_scale == "rezero":
+            self.branch_scale: nn.Module | None = Scale(0.0, learnable=True)
+        elif float(branch_scale) != 1.0:
+            self.branch_scale = Scale(float(branch_scale))
+        else:
+            self.branch_scale = None
+
+        # The shortcut. Where the shape changes and a variant has no rule of its own,
+        # it is a projection (1x1 conv + norm), then the variant's scale/dropout/gate.
+        reshape = stride != 1 or in_channels != out_channels
+
+        def projection() -> nn.Module:
+            parts = [("conv", conv_layer(in_channels, out_channels, 1, stride))]
+            if norm_layer is not None:
+                parts.append(("norm", norm_layer(out_channels)))
+            return nn.Sequential(OrderedDict(parts))
+
+        self.gate: Gate | None = None
+        self.exclusive_gate = shortcut == "exclusive-gating"
+        self.shortcut: nn.Module | None
+        if shortcut == "none":
+            self.shortcut = None
+        elif shortcut == "identity":
+            self.shortcut = (
+                PadShortcut(in_channels, out_channels, stride) if reshape else nn.Identity()
+            )
+        elif shortcut == "projection":
+            self.shortcut = projection() if reshape else nn.Identity()
+        elif shortcut == "all-projection":
+            self.shortcut = projection()
+        elif shortcut == "conv1x1":
+            self.shortcut = conv_layer(in_channels, out_channels, 1, stride)
+        else:
+            base = projection() if reshape else None
+            if shortcut == "scaling":
+                tail: nn.Module | None = Scale(0.5 if shortcut_scale is None else shortcut_scale)
+            elif shortcut == "dropout":
+                tail = nn.Dropout(0.5 if shortcut_dropout is None else shortcut_dropout)
+            else:  # gating: the gate multiplies the shortcut; see forward
+                tail = None
+                self.gate = Gate(
+                    conv_layer(in_channels, out_channels, 1, stride),
+                    out_channels,
+                    0.0 if gate_bias is None else gate_bias,
+                )
+            parts = [p for p in (("proj", base), ("op", tail)) if p[1] is not None]
+            self.shortcut = nn.Sequential(OrderedDict(parts)) if parts else nn.Identity()
+        # Identity-like shortcuts carry the raw input; a shortcut with weights reads the
+        # pre-activated input in pre-activation units.
+        has_weights = self.shortcut is not None and any(True for _ in self.shortcut.parameters())
+        self.shortcut_reads_preact = preact and has_weights
+
+        post: list[tuple[str, nn.Module]] = []
+        if placement == "bn-after-add" and norm_layer is not None:
+            post.append(("norm", norm_layer(out_channels)))
+        if placement in ("original", "bn-after-add"):
+            post.append(("act", act_layer()))
+        self.post = nn.Sequential(OrderedDict(post)) if post else nn.Identity()
+
+    @property
+    def shortcut_kind(self) -> str:
+        """What the shortcut does here: 'none', 'identity', 'zero-pad', 'projection', ..."""
+        if self.shortcut is None:
+            return "none"
+        if isinstance(self.shortcut, nn.Identity):
+            return "identity"
+        if isinstance(self.shortcut, PadShortcut):
+            return "zero-pad"
+        return self.shortcut_variant if self.shortcut_variant != "identity" else "projection"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xp = self.preact(x)
+        branch = self.branch(xp)
+        if self.branch_scale is not None:
+            branch = self.branch_scale(branch)
+        if self.shortcut is None:  # plain unit
+            return self.post(branch)
+        s_in = xp if self.shortcut_reads_preact else x
+        shortcut = self.shortcut(s_in)
+        if self.gate is None:
+            out = shortcut + branch
+        else:
+            g = self.gate(s_in)
+            out = (1 - g) * shortcut + (g * branch if self.exclusive_gate else branch)
+        return self.post(out)
+
+    # Blocks own their init quirks (STYLE 5).
+    def zero_init_last(self) -> None:
+        """Zero the gamma of the branch's last norm, so the unit starts as its shortcut."""
+        norms = [
+            m for m in self.branch if isinstance(m, NORM_TYPES) and not isinstance(m, ScalarBias)
+        ]
+        if not norms or getattr(norms[-1], "weight", None) is None:
+            raise ValueError(
+                "invalid init='zero-last-norm' with norm='none': the branch has no norm "
+                "to zero; use a norm ('batch', 'group', 'layer') or init='fixup'"
+            )
+        nn.init.zeros_(norms[-1].weight)
+
+    def fixup_init(self, num_branches: int) -> None:
+        """Fixup (Zhang et al. 2019): scale the branch's weights by L^(-1/(2m-2)), zero the last."""
+        convs = [m for name, m in self.branch.named_children() if name.startswith("conv")]
+        m = len(convs)
+        factor = num_branches ** (-1.0 / (2 * m - 2))
+        with torch.no_grad():
+            for conv in convs[:-1]:
+                conv.weight.mul_(factor)
+            nn.init.zeros_(convs[-1].weight)
+            if getattr(convs[-1], "bias", None) is not None:
+                nn.init.zeros_(convs[-1].bias)

@@ -1,0 +1,84 @@
+"""The CLI's model commands: output, options and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from skiplab.cli import app, parse_options
+
+runner = CliRunner()
+
+
+def test_models_lists_families_and_options() -> None:
+    result = runner.invoke(app, ["models", "--json"])
+    assert result.exit_code == 0
+    names = {e["name"] for e in json.loads(result.stdout)}
+    assert {"resnet-D", "preact-resnet-D", "plain-D", "unet", "resnet50", "mlp-D"} <= names
+    result = runner.invoke(app, ["models", "preact-resnet-110", "--json"])
+    assert json.loads(result.stdout)["placement"] == "full-preact"
+
+
+def test_summary_with_options() -> None:
+    result = runner.invoke(app, ["summary", "resnet-20", "--shortcut", "projection", "--json"])
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.stdout)
+    assert s["params"] == 272_474 and s["units"] == 9
+    assert s["shortcuts"] == {"identity": 7, "projection": 2}
+    assert s["macs"] > 40_000_000
+    result = runner.invoke(
+        app,
+        [
+            "summary",
+            "unet",
+            "--skip",
+            "concat,none,add,add",
+            "--base-width=8",
+            "--input-size",
+            "64",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["output_shape"] == [2, 64, 64]
+
+
+def test_parse_options() -> None:
+    assert parse_options(["--gate-bias", "-6", "--branch-scale=rezero", "--width", "0.5"]) == {
+        "gate_bias": -6, "branch_scale": "rezero", "width": 0.5}  # fmt: skip
+    assert parse_options(["--skip", "[concat, none]"]) == {"skip": ["concat", "none"]}
+    with pytest.raises(ValueError, match="needs a value"):
+        parse_options(["--width"])
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["summary", "resnet-21"], "depth=21"),
+        (["summary", "resnt-20"], "did you mean 'resnet-20'"),
+        (["summary", "resnet-20", "--placement", "pre"], "placement='pre'"),
+        (["summary", "resnet-20", "--init", "fixup"], "norm='none'"),
+        (["summary", "unet", "--input-size", "100"], "multiple of 16"),
+        (["models", "nope-20"], "unknown model"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    err = result.stderr.strip()
+    assert err.startswith("error: ") and needle in err
+    assert "\n" not in err and "Traceback" not in result.output
+
+
+def test_console_script_exit_code_and_no_traceback() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "skiplab", "summary", "resnet-20", "--shortcut", "bogus"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "shortcut='bogus'" in proc.stderr
