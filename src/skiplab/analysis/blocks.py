@@ -1,0 +1,184 @@
+"""Finding residual units in any model, and a uniform view of their two paths.
+
+A unit is found automatically when it is a skiplab ``ResidualUnit`` with a shortcut, a
+torchvision ``BasicBlock``/``Bottleneck``, or any module with ``branch`` and ``shortcut``
+attributes. Other models name their units with ``blocks=[...]`` (module names as in
+``model.named_modules()``, or the modules themselves).
+
+Every unit is seen through ``UnitView``:
+
+    out = view.finish(view.shortcut(x), view.branch(x), x)
+
+where ``shortcut`` is the skip path, ``branch`` the residual branch (for pre-activation
+units it includes the pre-activation) and ``finish`` combines them (the addition, gates,
+and whatever the unit does after the addition).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..models.blocks import ResidualUnit
+
+
+def _tv_types() -> tuple[type, ...]:
+    try:
+        from torchvision.models.resnet import BasicBlock, Bottleneck
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return ()
+    return (BasicBlock, Bottleneck)
+
+
+def is_unit(module: nn.Module, include_plain: bool = False) -> bool:
+    """Whether ``module`` is a residual unit skiplab recognises without being told
+    (``include_plain``: also skiplab's plain units, whose shortcut is ``None``)."""
+    if isinstance(module, ResidualUnit):
+        return include_plain or module.shortcut is not None
+    if isinstance(module, _tv_types()):
+        return True
+    return isinstance(getattr(module, "branch", None), nn.Module) and hasattr(module, "shortcut")
+
+
+@dataclass
+class UnitView:
+    """One residual unit: its name in the model, the module, and its two paths."""
+
+    name: str
+    module: nn.Module
+
+    def shortcut(self, x: Tensor) -> Tensor:
+        m = self.module
+        if isinstance(m, ResidualUnit):
+            if m.shortcut is None:  # plain unit: no skip path
+                return torch.zeros((), dtype=x.dtype, device=x.device)
+            return m.shortcut(m.preact(x) if m.shortcut_reads_preact else x)
+        if isinstance(m, _tv_types()):
+            return x if m.downsample is None else m.downsample(x)
+        return x if m.shortcut is None else m.shortcut(x)
+
+    def branch(self, x: Tensor) -> Tensor:
+        m = self.module
+        if isinstance(m, ResidualUnit):
+            b = m.branch(m.preact(x))
+            return b if m.branch_scale is None else m.branch_scale(b)
+        if isinstance(m, _tv_types()):
+            out = m.relu(m.bn1(m.conv1(x)))
+            out = m.bn2(m.conv2(out))
+            if hasattr(m, "conv3"):
+                out = m.bn3(m.conv3(m.relu(out)))
+            return out
+        return m.branch(x)
+
+    def finish(self, shortcut: Tensor, branch: Tensor, x: Tensor) -> Tensor:
+        """Combine the two paths as the unit does (``x`` is the unit input, for gates)."""
+        m = self.module
+        if isinstance(m, ResidualUnit):
+            if m.shortcut is None:
+                out = branch
+            elif m.gate is None:
+                out = shortcut + branch
+            else:
+                g = m.gate(m.preact(x) if m.shortcut_reads_preact else x)
+                out = (1 - g) * shortcut + (g * branch if m.exclusive_gate else branch)
+            return m.post(out)
+        if isinstance(m, _tv_types()):
+            return m.relu(shortcut + branch)
+        post = getattr(m, "post", None)
+        out = shortcut + branch
+        return post(out) if callable(post) else out
+
+    def post_is_identity(self) -> bool:
+        """True when the unit adds nothing after the addition (pre-activation units)."""
+        m = self.module
+        if isinstance(m, ResidualUnit):
+            return isinstance(m.post, nn.Identity) and m.gate is None
+        if isinstance(m, _tv_types()):
+            return False
+        return getattr(m, "post", None) is None
+
+
+def find_units(
+    model: nn.Module,
+    blocks: Sequence[str | nn.Module] | None = None,
+    *,
+    required: bool = True,
+    include_plain: bool = False,
+) -> list[UnitView]:
+    """The residual units of ``model`` in module order (the order of ``named_modules``).
+
+    ``blocks`` names them explicitly. ``include_plain`` also returns skiplab's plain units
+    (``shortcut is None``: ``UnitView.shortcut`` then gives zeros), so plain and residual
+    nets can be compared unit by unit. Raises ``ValueError`` when none is found and
+    ``required``, naming the remedy.
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    if blocks is not None:
+        by_name = dict(model.named_modules())
+        views = []
+        for b in blocks:
+            if isinstance(b, str):
+                if b not in by_name:
+                    raise ValueError(
+                        f"invalid blocks entry {b!r}: no such module in {type(model).__name__}; "
+                        "use names from model.named_modules()"
+                    )
+                views.append(UnitView(b, by_name[b]))
+            elif isinstance(b, nn.Module) and id(b) in names:
+                views.append(UnitView(names[id(b)], b))
+            else:
+                raise ValueError(
+                    f"invalid blocks entry {b!r}: give module names or submodules of the model"
+                )
+        for v in views:
+            if not is_unit(v.module):
+                raise ValueError(
+                    f"invalid blocks entry {v.name!r}: {type(v.module).__name__} has no "
+                    "'branch' and 'shortcut' attributes; skiplab needs out = shortcut(x) + branch(x)"
+                )
+        return views
+    views = [UnitView(n, m) for n, m in model.named_modules() if is_unit(m, include_plain)]
+    # Units nested inside other units (not in skiplab's models) would double count.
+    views = [
+        v for v in views if not any(v.name.startswith(o.name + ".") for o in views if o is not v)
+    ]
+    if not views and required:
+        raise ValueError(
+            f"no residual units found in {type(model).__name__}: skiplab finds its own units and "
+            "torchvision's BasicBlock/Bottleneck; name others with blocks=[...] (modules with "
+            "'branch' and 'shortcut' attributes)"
+        )
+    return views
+
+
+def check_chain(
+    model: nn.Module, units: Sequence[UnitView], x: Tensor
+) -> list[tuple[Tensor, Tensor]]:
+    """Run ``model(x)`` and record each unit's (input, output); check the units form a chain
+    (each unit runs once). Used by analyses that walk the units in order."""
+    records: list[tuple[Tensor, Tensor]] = [None] * len(units)  # type: ignore[list-item]
+    calls = [0] * len(units)
+
+    def hook(i: int) -> Callable:
+        def fn(_m: nn.Module, args: tuple, out: Tensor) -> None:
+            calls[i] += 1
+            records[i] = (args[0], out)
+
+        return fn
+
+    handles = [u.module.register_forward_hook(hook(i)) for i, u in enumerate(units)]
+    try:
+        out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    bad = [u.name for u, c in zip(units, calls, strict=True) if c != 1]
+    if bad:
+        raise ValueError(
+            f"units {bad} ran {[c for c in calls if c != 1]} times in one forward; each must run once"
+        )
+    records.append((out, out))
+    return records
