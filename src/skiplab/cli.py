@@ -9,6 +9,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -162,6 +163,90 @@ def summary_cmd(
     table.add_row("shortcuts", ", ".join(f"{k}: {v}" for k, v in s.shortcuts.items()) or "-")
     table.add_row("placements", ", ".join(f"{k}: {v}" for k, v in s.placements.items()) or "-")
     Console().print(table)
+
+
+EMBEDDED = ("digits", "shapes")
+
+
+def default_out(name: str, data: str, seed: int) -> Path:
+    return Path("runs") / f"{name}-{data}-s{seed}"
+
+
+@app.command("train", context_settings=EXTRA)
+@user_errors
+def train_cmd(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="model name, e.g. preact-resnet-20"),
+    data: str = typer.Option("digits", "--data", help="data set (digits, shapes, cifar10, ...)"),
+    recipe: str = typer.Option(
+        None,
+        "--recipe",
+        help="preset: quick (default on embedded data), he2015-cifar, he2016-cifar, ...",
+    ),
+    recipe_file: Path = typer.Option(None, "--recipe-file", help="YAML file of recipe fields"),
+    epochs: int = typer.Option(None, "--epochs"),
+    lr: float = typer.Option(None, "--lr"),
+    batch_size: int = typer.Option(None, "--batch-size"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto"),
+    out: Path = typer.Option(None, "--out", help="run folder (default runs/NAME-DATA-sSEED)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out"),
+    data_dir: Path = typer.Option(None, "--data-dir", help="where downloaded data sets live"),
+    tensorboard: bool = typer.Option(False, "--tensorboard"),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model"),
+    log_grad_every: int = typer.Option(
+        0, "--log-grad-every", help="log per-unit gradient norms every N steps"
+    ),
+) -> None:
+    """Train NAME on --data with a recipe; model options follow as --option value."""
+    import logging
+
+    import torch
+
+    from .data import load_dataset
+    from .models import create_model
+    from .train import fit, get_recipe
+    from .train.distributed import DistInfo
+    from .train.recipe import from_dict
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    options = parse_options(ctx.args)
+    overrides = {
+        k: v
+        for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size))
+        if v is not None
+    }
+    if compile:
+        overrides["compile"] = True
+    if recipe_file is not None:
+        if recipe is not None:
+            raise ValueError("give --recipe or --recipe-file, not both")
+        try:
+            fields = yaml.safe_load(recipe_file.read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise ValueError(f"cannot read --recipe-file {recipe_file}: {err}") from None
+        rec = from_dict({**(fields or {}), **overrides})
+    else:
+        rec = get_recipe(recipe or ("quick" if data in EMBEDDED else "he2016-cifar"), **overrides)
+    dataset = load_dataset(data, data_dir=data_dir)
+    options.setdefault("in_channels", dataset.in_channels)
+    options.setdefault("num_classes", dataset.num_classes)
+    torch.manual_seed(seed)
+    model = create_model(name, **options)
+    out_dir = out or default_out(name, data, seed)
+    result = fit(model, dataset, rec, out_dir, seed=seed, device=device, resume=resume, model_name=name,
+                 model_options=options, tensorboard=tensorboard, progress=True,
+                 log_grad_every=log_grad_every)  # fmt: skip
+    if not DistInfo.from_env().is_main:
+        return
+    if result.status != "finished":
+        typer.echo(f"error: {result.message}", err=True)
+        raise typer.Exit(1)
+    final = result.final
+    shown = ", ".join(
+        f"{k} {final[k]:.4f}" for k in ("train_loss", "test_acc", "test_miou") if k in final
+    )
+    typer.echo(f"{name} on {data}: {shown} ({len(result.metrics)} epochs) -> {out_dir}")
 
 
 @app.command("demo")

@@ -1,0 +1,231 @@
+"""Checkpoints: safetensors tensors with JSON metadata in the same file, written atomically.
+
+Nothing is ever unpickled. A checkpoint is one ``.safetensors`` file whose header
+metadata holds ``{"skiplab": "<json>"}``: the format tag, the model name and options,
+the recipe, the epoch, the metric history, the optimizer's non-tensor state. Tensors are
+``model.*`` (the state dict), ``optim.*`` (optimizer state) and ``rng.*`` (RNG states).
+Writing goes to a temporary file in the same folder, is flushed to disk, then renamed
+over the target, so a kill at any moment leaves either the old or the new checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+FORMAT = "skiplab-checkpoint"
+VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: its path, JSON metadata and tensors (on the CPU)."""
+
+    path: Path
+    meta: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+
+    def section(self, prefix: str) -> dict[str, torch.Tensor]:
+        """Tensors under ``prefix.`` with the prefix removed (``section("model")``)."""
+        p = prefix + "."
+        return {k[len(p) :]: v for k, v in self.tensors.items() if k.startswith(p)}
+
+    @property
+    def model_state(self) -> dict[str, torch.Tensor]:
+        return self.section("model")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP and ``torch.compile`` wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (temp file + rename)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    _atomic_write(Path(path), write)
+
+
+def save_checkpoint(
+    path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
+    """Write tensors + metadata atomically as one safetensors file."""
+    header = {"format": FORMAT, "version": VERSION, **meta}
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    _atomic_write(
+        Path(path), lambda tmp: save_file(cpu, tmp, metadata={"skiplab": json.dumps(header)})
+    )
+
+
+def _sniff(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK\x03\x04"):
+        return "it is a zip archive, probably a torch.save() pickle"
+    if head[:1] == b"\x80":
+        return "it looks like a Python pickle"
+    return ""
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a skiplab checkpoint or weights file without unpickling anything.
+
+    Raises ``ValueError`` naming the file and what is wrong when it is missing, not a
+    safetensors file (a pickle, truncated, corrupt) or not written by skiplab.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist (expected a skiplab .safetensors file)")
+    sniff = _sniff(path)
+    if sniff:
+        raise ValueError(
+            f"{path} is not a skiplab checkpoint: {sniff}; skiplab never unpickles files. "
+            "Save weights with safetensors (skiplab writes model.safetensors in each run)"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ValueError(
+            f"{path} is not a valid safetensors file ({err}); it may be truncated or corrupt"
+        ) from None
+    if "skiplab" not in header:
+        raise ValueError(
+            f"{path} is a safetensors file but not a skiplab checkpoint (no skiplab metadata); "
+            "for plain weights, load them into a model with safetensors.torch.load_file"
+        )
+    try:
+        meta = json.loads(header["skiplab"])
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} has corrupt skiplab metadata: {err}") from None
+    if meta.get("format") != FORMAT or not isinstance(meta.get("version"), int):
+        raise ValueError(f"{path} is not a skiplab checkpoint (format {meta.get('format')!r})")
+    if meta["version"] > VERSION:
+        raise ValueError(
+            f"{path} was written by a newer skiplab (format version {meta['version']}); upgrade skiplab"
+        )
+    return Checkpoint(path, meta, tensors)
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load a state dict, with one clear ``ValueError`` for missing, unexpected or misshapen keys."""
+    own = unwrap(model).state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and state[k].shape != v.shape]  # fmt: skip
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} keys (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatches (e.g. {shapes[0]})")
+    if problems:
+        raise ValueError(
+            f"{source} does not fit this model: {'; '.join(problems)}; was it saved from a "
+            "different model or options?"
+        )
+    unwrap(model).load_state_dict(state, strict=True)
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer's state into tensors and JSON (no pickling)."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{idx}.{key}"] = value
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
+    meta = ckpt.meta.get("optimizer")
+    if not isinstance(meta, dict) or "param_groups" not in meta:
+        raise ValueError(
+            f"{ckpt.path} has no optimizer state; it is a weights file, not a resume checkpoint"
+        )
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in ckpt.section("optim").items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    for key, value in meta.get("scalars", {}).items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    try:
+        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise ValueError(f"{ckpt.path}: optimizer state does not fit this model ({err})") from None
+
+
+def rng_tensors() -> dict[str, torch.Tensor]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    return tensors
+
+
+def restore_rng(ckpt: Checkpoint) -> None:
+    rng = ckpt.section("rng")
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+    keys = sorted((k for k in rng if k.startswith("cuda.")), key=lambda k: int(k.split(".")[1]))
+    cuda = [rng[k] for k in keys]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a skiplab model from a run's ``model.safetensors`` (or resume checkpoint):
+    the registry name and options stored in the file, then the weights. Returns
+    ``(model, meta)``; the model is in eval mode."""
+    from ..models import create_model
+
+    ckpt = load_checkpoint(path)
+    name = ckpt.meta.get("model")
+    if not name:
+        raise ValueError(
+            f"{path} does not name a registered model; load its weights into your own model"
+        )
+    model = create_model(name, **(ckpt.meta.get("model_options") or {}))
+    load_model_state(model, ckpt.model_state, path)
+    return model.eval(), ckpt.meta

@@ -1,0 +1,277 @@
+"""Training: recipes, safe checkpoints, run folders, divergence, resume after a real kill, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from typer.testing import CliRunner
+
+import skiplab
+from skiplab.cli import app
+from skiplab.data import load_dataset
+from skiplab.train import Recipe, fit, get_recipe, load_checkpoint, load_model, save_checkpoint
+from skiplab.train.recipe import from_dict
+
+runner = CliRunner()
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def tiny_recipe(**kw) -> Recipe:
+    return get_recipe("quick", **{"epochs": 2, "batch_size": 128, **kw})
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+def test_he2015_schedule() -> None:
+    r = get_recipe("he2015-cifar")
+    spe = 391  # 50,000 / 128, rounded up
+    assert r.epochs * spe == pytest.approx(64_000, rel=0.01)  # He et al. 2015: stop at 64k
+    assert r.lr_at(0, spe) == 0.1
+    assert r.lr_at(31_900, spe) == 0.1 and r.lr_at(32_100, spe) == pytest.approx(0.01)  # /10 at 32k
+    assert r.lr_at(48_100, spe) == pytest.approx(0.001)  # and at 48k
+    w = get_recipe("he2015-cifar-warmup")
+    assert w.lr_at(0, spe) == 0.01 and w.lr_at(391, spe) == 0.1  # 0.01 warm-up, ~400 iterations
+    c = get_recipe("quick")
+    assert c.lr_at(0, 10) == c.lr and c.lr_at(c.epochs * 10 - 1, 10) < 0.01 * c.lr
+
+
+def test_recipe_validation() -> None:
+    with pytest.raises(ValueError, match="unknown recipe field 'learning_rate'"):
+        from_dict({"learning_rate": 0.1})
+    with pytest.raises(ValueError, match="recipe.epochs"):
+        Recipe(epochs=0)
+    with pytest.raises(ValueError, match="optimizer='rmsprop'"):
+        Recipe(optimizer="rmsprop")
+    with pytest.raises(ValueError, match="milestones"):
+        Recipe(milestones=(0.75, 0.5))
+    with pytest.raises(ValueError, match="unknown recipe 'he2017'"):
+        get_recipe("he2017")
+    assert from_dict(Recipe(lr=0.3).to_dict()) == Recipe(lr=0.3)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_roundtrip_and_atomic(tmp_path: Path) -> None:
+    t = {"model.w": torch.randn(3, 4), "rng.torch": torch.get_rng_state()}
+    save_checkpoint(tmp_path / "c.safetensors", t, {"epoch": 3, "big": 2**200})
+    ck = load_checkpoint(tmp_path / "c.safetensors")
+    assert ck.meta["epoch"] == 3 and ck.meta["big"] == 2**200
+    torch.testing.assert_close(ck.tensors["model.w"], t["model.w"], rtol=0, atol=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]  # no temp files left
+
+
+@pytest.mark.parametrize("kind", ["pickle", "truncated", "garbage", "foreign", "missing"])
+def test_bad_checkpoints_raise_value_error(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "bad.safetensors"
+    if kind == "pickle":
+        torch.save({"w": torch.zeros(2)}, path)
+        match = "never unpickles"
+    elif kind == "truncated":
+        save_checkpoint(path, {"model.w": torch.zeros(100)}, {"epoch": 1})
+        path.write_bytes(path.read_bytes()[:-50])
+        match = "truncated or corrupt"
+    elif kind == "garbage":
+        path.write_bytes(b"\x07" * 64)
+        match = "not a valid safetensors"
+    elif kind == "foreign":
+        save_file({"w": torch.zeros(2)}, str(path))
+        match = "not a skiplab checkpoint"
+    else:
+        match = "does not exist"
+    with pytest.raises(ValueError, match=match) as err:
+        load_checkpoint(path)
+    assert str(path) in str(err.value)
+
+
+def test_checkpoint_for_another_model_is_refused(tmp_path: Path, digits) -> None:
+    run = tmp_path / "run"
+    model = skiplab.create_model("resnet-8", in_channels=1, width=0.25)
+    fit(model, digits.subset(64, 32), tiny_recipe(epochs=1), run, model_name="resnet-8",
+        model_options={"in_channels": 1, "width": 0.25})  # fmt: skip
+    other = skiplab.create_model("resnet-14", in_channels=1, width=0.25)
+    from skiplab.train import load_model_state
+
+    with pytest.raises(ValueError, match="does not fit this model"):
+        load_model_state(other, load_checkpoint(run / "model.safetensors").model_state, "x")
+
+
+# --------------------------------------------------------------------------- fit
+
+
+def test_fit_writes_the_run_folder(tmp_path: Path, digits) -> None:
+    torch.manual_seed(0)
+    opts = {"in_channels": 1, "width": 0.5}
+    model = skiplab.create_model("preact-resnet-8", **opts)
+    res = fit(model, digits, tiny_recipe(batch_size=64), tmp_path / "r", seed=1, model_name="preact-resnet-8",
+              model_options=opts, log_grad_every=5)  # fmt: skip
+    assert res.status == "finished"
+    out = tmp_path / "r"
+    assert {
+        "run.json",
+        "metrics.jsonl",
+        "model.safetensors",
+        "checkpoint.safetensors",
+        "grad_norms.jsonl",
+    } <= {p.name for p in out.iterdir()}
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"train_loss", "train_acc", "test_loss", "test_acc"} <= set(rows[0])
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished" and run["model"] == "preact-resnet-8" and run["seed"] == 1
+    assert run["final_metrics"]["test_acc"] == rows[-1]["test_acc"] > 0.5
+    assert run["provenance"]["torch"] == torch.__version__
+    grads = json.loads((out / "grad_norms.jsonl").read_text().splitlines()[0])
+    assert len(grads["unit_grad_norms"]) == 3
+    # The saved weights rebuild the model and reproduce the recorded test accuracy.
+    rebuilt, meta = load_model(out / "model.safetensors")
+    from skiplab.train import evaluate
+
+    acc = evaluate(rebuilt, digits, tiny_recipe(), torch.device("cpu"), None)["test_acc"]
+    assert acc == pytest.approx(rows[-1]["test_acc"])
+    assert meta["recipe"]["epochs"] == 2
+
+
+def test_segmentation_run_reports_miou(tmp_path: Path) -> None:
+    shapes = load_dataset("shapes", size=16, n_train=64, n_test=16)
+    model = skiplab.create_model("unet", depth=2, base_width=4, in_channels=shapes.in_channels,
+                                 num_classes=shapes.num_classes)  # fmt: skip
+    res = fit(model, shapes, tiny_recipe(epochs=1, batch_size=16), tmp_path / "u")
+    assert res.status == "finished"
+    assert 0.0 <= res.final["test_miou"] <= 1.0 and 0.0 <= res.final["test_dice"] <= 1.0
+
+
+class Exploding(nn.Module):
+    """A model whose output becomes NaN after ``after`` training forwards."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+        self.after, self.calls = after, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.calls += 1
+        out = self.fc(x.flatten(1))
+        return out * float("nan") if self.calls > self.after else out
+
+
+def test_divergence_stops_with_status_and_keeps_last_checkpoint(tmp_path: Path, digits) -> None:
+    data = digits.subset(256, 64)
+    res = fit(Exploding(after=3), data, tiny_recipe(epochs=3), tmp_path / "d")  # 2 steps/epoch
+    assert res.status == "diverged" and "diverged at epoch 2" in res.message
+    run = json.loads((tmp_path / "d" / "run.json").read_text())
+    assert run["status"] == "diverged"
+    assert load_checkpoint(tmp_path / "d" / "checkpoint.safetensors").meta["epoch"] == 1
+    assert not (tmp_path / "d" / "model.safetensors").exists()
+
+
+def test_out_dir_with_another_run_is_never_overwritten(tmp_path: Path, digits) -> None:
+    out = tmp_path / "r"
+    data = digits.subset(64, 32)
+    fit(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), data, tiny_recipe(epochs=1), out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ValueError, match="already holds a run"):
+        fit(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), data, tiny_recipe(epochs=1), out)
+    with pytest.raises(ValueError, match="recipe differs"):
+        fit(
+            nn.Sequential(nn.Flatten(), nn.Linear(64, 10)),
+            data,
+            tiny_recipe(epochs=5),
+            out,
+            resume=True,
+        )
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty"):
+        fit(
+            nn.Sequential(nn.Flatten(), nn.Linear(64, 10)),
+            data,
+            tiny_recipe(epochs=1),
+            tmp_path / "junk",
+        )
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_bad_input_exit_2(tmp_path: Path) -> None:
+    r = runner.invoke(
+        app, ["train", "resnet-8", "--data", "imagenet-9000", "--out", str(tmp_path / "x")]
+    )
+    assert r.exit_code == 2 and "imagenet-9000" in r.stderr
+    bad = tmp_path / "recipe.yaml"
+    bad.write_text("lr: 0.1\nmomentumm: 0.9\n")
+    r = runner.invoke(
+        app, ["train", "resnet-8", "--recipe-file", str(bad), "--out", str(tmp_path / "y")]
+    )
+    assert r.exit_code == 2 and "momentumm" in r.stderr and "did you mean 'momentum'" in r.stderr
+    r = runner.invoke(app, ["train", "resnet-8", "--recipe", "fast", "--out", str(tmp_path / "z")])
+    assert r.exit_code == 2 and "unknown recipe 'fast'" in r.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+TRAIN = [sys.executable, "-m", "skiplab", "train", "resnet-8", "--data", "digits", "--epochs", "4",
+         "--batch-size", "64", "--device", "cpu", "--width", "0.5", "--shortcut", "dropout", "--seed", "3"]  # fmt: skip
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path: Path) -> None:
+    """A run killed with SIGKILL mid-epoch and resumed ends with the same weights, bit for bit,
+    as an uninterrupted run (dropout shortcuts make the global RNG state matter too)."""
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(
+        [*TRAIN, "--out", str(full)], check=True, env=ENV, capture_output=True, timeout=300
+    )
+    proc = subprocess.Popen([*TRAIN, "--out", str(killed)], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    metrics = killed / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    time.sleep(0.15)  # into the third epoch
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert json.loads((killed / "run.json").read_text())["status"] == "running"
+    done = subprocess.run([*TRAIN, "--out", str(killed), "--resume"], env=ENV, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(killed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "time_s"} for r in rs]  # noqa: E731
+    assert strip(rows(full)) == strip(rows(killed))
+
+
+def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           "-m", "skiplab", "train", "resnet-8", "--data", "digits", "--epochs", "1", "--width", "0.25",
+           "--device", "cpu", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished" and run["world_size"] == 2
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    assert (out / "model.safetensors").exists()
