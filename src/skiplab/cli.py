@@ -249,6 +249,74 @@ def train_cmd(
     typer.echo(f"{name} on {data}: {shown} ({len(result.metrics)} epochs) -> {out_dir}")
 
 
+@app.command("study")
+@user_errors
+def study_cmd(
+    spec: str = typer.Argument(None, help="study YAML file or built-in name (default: why-skip)"),
+    out: Path = typer.Option(None, "--out", help="study folder (default studies/NAME[-quick])"),
+    quick: bool = typer.Option(False, "--quick", help="fewer seeds and epochs"),
+    workers: int = typer.Option(1, "--workers", help="runs at once (processes)"),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto"),
+    data_dir: Path = typer.Option(None, "--data-dir", help="where downloaded data sets live"),
+    executor: str = typer.Option("local", "--executor", help="local or ray"),
+    address: str = typer.Option(
+        None, "--address", help="Ray cluster address (with --executor ray)"
+    ),
+) -> None:
+    """Run a study (a grid of runs and analyses) and write its report."""
+    import logging
+
+    from .study import load_spec, run_study
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if workers < 1:
+        raise ValueError(f"invalid --workers {workers}: must be at least 1")
+    if executor not in ("local", "ray"):
+        raise ValueError(f"invalid --executor {executor!r}; allowed: 'local', 'ray'")
+    if address is not None and executor != "ray":
+        raise ValueError("--address only applies to --executor ray")
+    study = load_spec(spec, quick=quick)
+    out_dir = out or Path("studies") / (study.name + ("-quick" if quick else ""))
+    ex = None
+    if executor == "ray":
+        from .study.ray_executor import RayExecutor
+
+        ex = RayExecutor(address=address, workers=workers, device=device)
+    store = run_study(
+        study,
+        out_dir,
+        workers=workers,
+        device=device,
+        data_dir=data_dir,
+        executor=ex,
+        progress=True,
+    )
+    runs = store.runs()
+    bad = [r for r in runs if r["status"] != "finished"]
+    typer.echo(
+        f"{study.name}: {len(runs) - len(bad)}/{len(runs)} runs finished -> {out_dir / 'report.html'}"
+    )
+    for r in bad:
+        typer.echo(
+            f"  {r['id']}: {r['status']} {(r['error'] or '').splitlines()[0] if r['error'] else ''}",
+            err=True,
+        )
+
+
+@app.command("report")
+@user_errors
+def report_cmd(folder: Path = typer.Argument(..., help="a study folder")) -> None:
+    """Re-render a study's report from its study.db."""
+    from .report import write_report
+    from .study.runner import write_results_json
+    from .study.store import Store
+
+    store = Store.open_existing(folder)
+    write_results_json(store, folder)
+    path = write_report(store, folder)
+    typer.echo(f"report -> {path}")
+
+
 @app.command("demo")
 @user_errors
 def demo_cmd() -> None:

@@ -1,0 +1,107 @@
+"""The analyses a study runs on each model, and its standalone experiments, behind one call.
+
+Each returns ``(result.to_dict(), result.summary())``; an analysis that does not apply
+(e.g. path gradients of a plain net, which has no residual units) is recorded as skipped
+with the reason, not as a failure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import TensorData
+from .spec import ExperimentSpec
+
+# Per-analysis defaults for study runs: small enough for a laptop, options override them.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "paths": {},
+    "gradflow": {"batch": 256},
+    "pathgrad": {"batch": 32, "samples": 4},
+    "lesion": {"draws": 5, "swaps": True},
+    "landscape": {"dims": 2, "steps": 11, "span": 1.0, "images": 512},
+    "nlc": {"batch": 128},
+}
+
+
+def _test_batch(
+    data: TensorData, n: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return data.test_x[:n].to(device), data.test_y[:n].to(device)
+
+
+def run_analysis(
+    kind: str,
+    model: nn.Module,
+    data: TensorData,
+    options: dict[str, Any],
+    label: str,
+    device: str,
+    seed: int,
+) -> tuple[dict[str, Any], str]:
+    """Run analysis ``kind`` on ``model`` with the study's data; returns (result, summary)."""
+    from .. import analysis as A
+
+    opts = {**DEFAULTS[kind], **(options.get(kind) or {})}
+    only = opts.pop("models", None)
+    if only is not None and label not in only and label.split(" ")[0] not in only:
+        return {
+            "skipped": f"{kind} runs only on {', '.join(only)}"
+        }, f"skipped ({kind} not requested for {label})"
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    try:
+        if kind == "paths":
+            res = A.path_spectrum(model, data.test_x[:1].to(dev))
+        elif kind == "gradflow":
+            x, y = _test_batch(data, opts.pop("batch"), dev)
+            res = A.gradient_flow(model, x, y, **opts)
+        elif kind == "pathgrad":
+            x, y = _test_batch(data, opts.pop("batch"), dev)
+            res = A.path_gradients(model, x, y, seed=seed, **opts)
+        elif kind == "lesion":
+            res = A.lesion(model, (data.test_x.to(dev), data.test_y.to(dev)), seed=seed, **opts)
+        elif kind == "landscape":
+            x, y = _test_batch(data, opts.pop("images"), dev)
+            res = A.loss_landscape(model, (x, y), seed=seed, **opts)
+        elif kind == "nlc":
+            x, _ = _test_batch(data, opts.pop("batch"), dev)
+            res = A.nonlinearity_coefficient(model, x, **opts)
+        else:  # pragma: no cover - the spec validates kinds
+            raise ValueError(f"unknown analysis {kind!r}")
+    except ValueError as err:
+        return {"skipped": str(err)}, f"skipped: {err}"
+    finally:
+        model.train(was_training)
+    return res.to_dict(), res.summary()
+
+
+def run_experiment(exp: ExperimentSpec, device: str) -> tuple[dict[str, Any], str]:
+    """A standalone experiment: path spectra of untrained models, the identity task, or
+    shattered gradients."""
+    from .. import analysis as A
+    from ..models import create_model
+
+    dev = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    if exp.kind == "paths":
+        spectra = {}
+        summaries = []
+        for m in exp.models:
+            model = create_model(m.name, **m.options).eval()
+            shape = exp.input or getattr(model, "example_input_shape", None)
+            res = A.path_spectrum(model, torch.randn(1, *shape))
+            spectra[m.display()] = res.to_dict()
+            summaries.append(
+                f"{m.display()}: min {res.min}, max {res.max} nonlinearities, linear path: {res.has_linear_path}"
+            )
+        return {"models": spectra}, "\n".join(summaries)
+    if exp.kind == "identity":
+        res = A.identity_task(**{"device": dev, **exp.options})
+    elif exp.kind == "shattered":
+        res = A.shattered_gradients(**{"device": dev, **exp.options})
+    else:  # pragma: no cover - the spec validates kinds
+        raise ValueError(f"unknown experiment {exp.kind!r}")
+    return res.to_dict(), res.summary()

@@ -1,0 +1,302 @@
+"""Run a study: expand the grid, execute what is not done, record everything in study.db.
+
+Killed at any moment and started again, a study resumes: finished runs are never redone,
+a run left 'running' by a kill is redone from scratch (its folder is cleared first).
+Failed or diverged runs are recorded and do not stop the study.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from .spec import ExperimentSpec, ModelSpec, RunSpec, StudySpec
+from .store import Store, study_lock
+
+log = logging.getLogger(__name__)
+
+
+def _run_record(run: RunSpec) -> dict[str, Any]:
+    d = dataclasses.asdict(run)
+    d["label"] = run.model.display()
+    return d
+
+
+def _run_from_record(d: dict[str, Any]) -> RunSpec:
+    d = {k: v for k, v in d.items() if k != "label"}
+    d["model"] = ModelSpec(**d["model"])
+    d["analyses_init"] = tuple(d["analyses_init"])
+    d["analyses_trained"] = tuple(d["analyses_trained"])
+    return RunSpec(**d)
+
+
+def _exp_record(exp: ExperimentSpec) -> dict[str, Any]:
+    return dataclasses.asdict(exp)
+
+
+def _exp_from_record(d: dict[str, Any]) -> ExperimentSpec:
+    d = dict(d)
+    d["models"] = tuple(ModelSpec(**m) for m in d["models"])
+    d["input"] = tuple(d["input"]) if d["input"] else None
+    return ExperimentSpec(**d)
+
+
+def execute_run(
+    record: dict[str, Any], study_dir: str, device: str, data_dir: str | None
+) -> dict[str, Any]:
+    """Train one run and run its analyses; never raises (errors become status 'failed')."""
+    import torch
+
+    from ..data import load_dataset
+    from ..models import create_model
+    from ..train import fit, get_recipe
+    from .analyses import run_analysis
+
+    run = _run_from_record(record)
+    t0 = time.perf_counter()
+    folder = Path(study_dir) / "runs" / run.run_id
+    results: list[tuple[str, str, dict[str, Any], str]] = []
+    try:
+        if folder.exists():  # a half-written earlier attempt: redo cleanly
+            shutil.rmtree(folder)
+        data = load_dataset(run.data, data_dir=data_dir, **run.data_options)
+        if run.subset:
+            data = data.subset(run.subset.get("n_train"), run.subset.get("n_test"))
+        options = dict(run.model.options)
+        options.setdefault("in_channels", data.in_channels)
+        options.setdefault("num_classes", data.num_classes)
+        torch.manual_seed(run.seed)
+        model = create_model(run.model.name, **options)
+        label = run.model.display()
+        for kind in run.analyses_init:
+            results.append(
+                (
+                    "init",
+                    kind,
+                    *run_analysis(kind, model, data, run.analysis_options, label, device, run.seed),
+                )
+            )
+        recipe = dict(run.recipe)
+        recipe = get_recipe(recipe.pop("preset", "quick"), **recipe)
+        res = fit(model, data, recipe, folder, seed=run.seed, device=device, model_name=run.model.name,
+                  model_options=options)  # fmt: skip
+        if res.status == "finished":
+            for kind in run.analyses_trained:
+                results.append(
+                    (
+                        "trained",
+                        kind,
+                        *run_analysis(
+                            kind, model, data, run.analysis_options, label, device, run.seed
+                        ),
+                    )
+                )
+        return {"status": res.status, "metrics": res.final, "history": res.metrics, "results": results,
+                "error": res.message or None, "duration_s": time.perf_counter() - t0}  # fmt: skip
+    except Exception as err:  # noqa: BLE001 - a failed run is recorded, the study goes on
+        log.warning("run %s failed: %s", run.run_id, err)
+        tb = traceback.format_exc(limit=3)
+        return {"status": "failed", "metrics": {}, "history": [], "results": results,
+                "error": f"{type(err).__name__}: {err}\n{tb}", "duration_s": time.perf_counter() - t0}  # fmt: skip
+
+
+def execute_experiment(record: dict[str, Any], device: str) -> dict[str, Any]:
+    from .analyses import run_experiment
+
+    exp = _exp_from_record(record)
+    t0 = time.perf_counter()
+    try:
+        result, summary = run_experiment(exp, device)
+        return {"status": "finished", "metrics": {}, "history": [], "results": [("experiment", exp.kind, result, summary)],
+                "error": None, "duration_s": time.perf_counter() - t0}  # fmt: skip
+    except Exception as err:  # noqa: BLE001
+        log.warning("experiment %s failed: %s", exp.name, err)
+        return {"status": "failed", "metrics": {}, "history": [], "results": [],
+                "error": f"{type(err).__name__}: {err}", "duration_s": time.perf_counter() - t0}  # fmt: skip
+
+
+@dataclass
+class Job:
+    job_id: str
+    kind: str  # 'run' | 'experiment'
+    record: dict[str, Any]
+
+
+class LocalExecutor:
+    """Runs jobs in this process (workers=1) or in a pool of worker processes."""
+
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = workers
+
+    def map(self, jobs: list[Job], fn: Callable[[Job], dict[str, Any]], on_start: Callable[[Job], None],
+            on_done: Callable[[Job, dict[str, Any]], None]) -> None:  # fmt: skip
+        if self.workers <= 1:
+            for job in jobs:
+                on_start(job)
+                on_done(job, fn(job))
+            return
+        with ProcessPoolExecutor(self.workers, mp_context=get_context("spawn")) as pool:
+            pending: dict[Future, Job] = {}
+            queue = list(jobs)
+            while queue or pending:
+                while queue and len(pending) < self.workers:
+                    job = queue.pop(0)
+                    on_start(job)
+                    pending[pool.submit(fn, job)] = job
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    job = pending.pop(fut)
+                    try:
+                        out = fut.result()
+                    except Exception as err:  # noqa: BLE001 - a worker died
+                        out = {"status": "failed", "error": f"worker failed: {err}", "results": []}
+                    on_done(job, out)
+
+
+class _JobFn:
+    """Picklable job function for worker processes."""
+
+    def __init__(self, study_dir: str, device: str, data_dir: str | None) -> None:
+        self.study_dir, self.device, self.data_dir = study_dir, device, data_dir
+
+    def __call__(self, job: Job) -> dict[str, Any]:
+        if job.kind == "run":
+            return execute_run(job.record, self.study_dir, self.device, self.data_dir)
+        return execute_experiment(job.record, self.device)
+
+
+def run_study(
+    spec: StudySpec,
+    out_dir: str | Path,
+    *,
+    workers: int = 1,
+    device: str = "auto",
+    data_dir: str | Path | None = None,
+    executor: Any = None,
+    progress: bool = False,
+    report: bool = True,
+) -> Store:
+    """Execute every unfinished run and experiment of ``spec`` into ``out_dir``, then write
+    ``results.json`` and the report. Returns the (open) store."""
+    from ..provenance import provenance
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "study.db").exists():
+        raise ValueError(f"{out_dir} is not empty and holds no study; choose a new or empty --out")
+    with study_lock(out_dir):
+        store = Store(out_dir)
+        old = store.meta("spec")
+        if old is not None and json.dumps(old, sort_keys=True, default=str) != json.dumps(
+            _spec_json(spec), sort_keys=True, default=str
+        ):
+            raise ValueError(
+                f"{out_dir} holds study {old.get('name')!r} with a different spec; resume it with the same "
+                "spec (and --quick setting), or choose another --out"
+            )
+        store.set_meta("spec", _spec_json(spec))
+        store.set_meta("source", spec.source)
+        store.set_meta("provenance", provenance(device if device != "auto" else None))
+        jobs = [Job(r.run_id, "run", _run_record(r)) for r in spec.runs()]
+        jobs += [Job(e.exp_id, "experiment", _exp_record(e)) for e in spec.experiment_specs()]
+        ids = [j.job_id for j in jobs]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise ValueError(
+                f"the spec expands to the same run twice ({dup}); give the models distinct labels"
+            )
+        for j in jobs:
+            store.add_run(j.job_id, j.kind, j.record)
+        todo = [j for j in jobs if store.status(j.job_id) != "finished"]
+        log.info("%s: %d of %d runs to do", spec.name, len(todo), len(jobs))
+        bar = _bar(progress, len(jobs), len(jobs) - len(todo))
+        t0 = time.time()
+
+        def on_start(job: Job) -> None:
+            store.start(job.job_id)
+            if bar:
+                bar[0].update(bar[1], description=job.job_id)
+
+        def on_done(job: Job, out: dict[str, Any]) -> None:
+            store.finish(job.job_id, out.get("status", "failed"), metrics=out.get("metrics"), history=out.get("history"),
+                         results=out.get("results", []), error=out.get("error"), duration_s=out.get("duration_s"))  # fmt: skip
+            if bar:
+                bar[0].advance(bar[1])
+
+        ex = executor or LocalExecutor(workers)
+        try:
+            ex.map(
+                todo,
+                _JobFn(str(out_dir), device, str(data_dir) if data_dir else None),
+                on_start,
+                on_done,
+            )
+        finally:
+            if bar:
+                bar[0].stop()
+        store.set_meta("last_session_s", time.time() - t0)
+        write_results_json(store, out_dir)
+        if report:
+            from ..report import write_report
+
+            write_report(store, out_dir)
+        return store
+
+
+def _spec_json(spec: StudySpec) -> dict[str, Any]:
+    return json.loads(
+        json.dumps(
+            spec.to_dict(),
+            default=lambda o: dataclasses.asdict(o) if dataclasses.is_dataclass(o) else str(o),
+        )
+    )
+
+
+def write_results_json(store: Store, out_dir: Path) -> None:
+    from ..train.checkpoint import atomic_write_text
+
+    runs = []
+    for r in store.runs():
+        spec = r["spec"]
+        entry: dict[str, Any] = {
+            "id": r["id"],
+            "kind": r["kind"],
+            "status": r["status"],
+            "duration_s": r["duration_s"],
+        }
+        if r["kind"] == "run":
+            entry.update(model=spec["model"]["name"], options=spec["model"]["options"], label=spec["label"],
+                         group=spec["group"], data=spec["data"], seed=spec["seed"], metrics=r["metrics"])  # fmt: skip
+        else:
+            entry.update(experiment=spec["name"], analysis=spec["kind"])
+        if r["error"]:
+            entry["error"] = r["error"].splitlines()[0]
+        entry["analyses"] = {
+            f"{x['phase']}:{x['kind']}": x["summary"] for x in store.results(r["id"])
+        }
+        runs.append(entry)
+    atomic_write_text(
+        out_dir / "results.json",
+        json.dumps({"study": store.meta("spec", {}).get("name"), "runs": runs}, indent=2),
+    )
+
+
+def _bar(enabled: bool, total: int, done: int) -> Any:
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    p = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+    )
+    p.start()
+    return p, p.add_task("study", total=total, completed=done)

@@ -1,0 +1,392 @@
+"""Study specs: a YAML file of training groups (models x options x data x seeds, a recipe,
+the analyses to run on each freshly initialised and trained model) and standalone
+experiments, validated on load with messages that name the field's path.
+
+    name: why-skip
+    seeds: [0, 1]
+    recipe: {preset: quick, epochs: 8}
+    groups:
+      - name: degradation
+        data: digits
+        models: [plain-20, resnet-20, {name: resnet-20, options: {shortcut: projection}}]
+        grid: {placement: [original, full-preact]}     # optional: options x models
+        analyses: {init: [gradflow], trained: [gradflow, pathgrad, lesion]}
+    experiments:
+      - {kind: paths, models: [resnet-20, preact-resnet-20], input: [3, 32, 32]}
+      - {kind: identity, options: {depths: [4, 10]}}
+    quick: {seeds: [0], recipe: {epochs: 2}}            # applied by --quick
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RUN_ANALYSES = ("paths", "gradflow", "pathgrad", "lesion", "landscape", "nlc")
+EXPERIMENTS = ("paths", "identity", "shattered")
+TOP_FIELDS = (
+    "name",
+    "description",
+    "reproduces",
+    "seeds",
+    "recipe",
+    "groups",
+    "experiments",
+    "quick",
+    "report",
+)
+GROUP_FIELDS = ("name", "description", "data", "data_options", "models", "grid", "recipe", "seeds",
+                "analyses", "analysis_options", "subset")  # fmt: skip
+EXPERIMENT_FIELDS = ("name", "kind", "models", "input", "options")
+
+
+class SpecError(ValueError):
+    """A bad study spec: the message names the field's path and what is allowed."""
+
+
+def _fail(path: str, message: str) -> None:
+    raise SpecError(f"{path}: {message}")
+
+
+def _check_keys(path: str, mapping: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(mapping, dict):
+        _fail(
+            path,
+            f"expected a mapping with fields {', '.join(allowed)}, got {type(mapping).__name__}",
+        )
+    for key in mapping:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            _fail(
+                f"{path}.{key}" if path else str(key),
+                f"unknown field{hint}; allowed: {', '.join(allowed)}",
+            )
+    return mapping
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+    def display(self) -> str:
+        if self.label:
+            return self.label
+        if not self.options:
+            return self.name
+        return f"{self.name} " + " ".join(f"{k}={_short(v)}" for k, v in self.options.items())
+
+
+def _short(v: Any) -> str:
+    return ",".join(map(str, v)) if isinstance(v, list | tuple) else str(v)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of a study, with the analyses to run on it."""
+
+    group: str
+    model: ModelSpec
+    data: str
+    data_options: dict[str, Any]
+    seed: int
+    recipe: dict[str, Any]
+    analyses_init: tuple[str, ...]
+    analyses_trained: tuple[str, ...]
+    analysis_options: dict[str, Any]
+    subset: dict[str, Any] | None = None
+
+    @property
+    def run_id(self) -> str:
+        slug = re.sub(r"[^A-Za-z0-9_.=,-]+", "_", self.model.display())
+        return f"{self.group}/{slug}/{self.data}/s{self.seed}"
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    name: str
+    kind: str
+    models: tuple[ModelSpec, ...]
+    input: tuple[int, ...] | None
+    options: dict[str, Any]
+
+    @property
+    def exp_id(self) -> str:
+        return f"experiment/{self.name}"
+
+
+@dataclass
+class StudySpec:
+    name: str
+    description: str
+    reproduces: str
+    seeds: list[int]
+    recipe: dict[str, Any]
+    groups: list[dict[str, Any]]
+    experiments: list[dict[str, Any]]
+    report: dict[str, Any]
+    raw: dict[str, Any]
+    source: str = ""
+
+    def runs(self) -> list[RunSpec]:
+        out: list[RunSpec] = []
+        for g in self.groups:
+            grid = g.get("grid") or {}
+            keys = list(grid)
+            combos = [
+                dict(zip(keys, vals, strict=True))
+                for vals in itertools.product(*(grid[k] for k in keys))
+            ] or [{}]
+            recipe = {**self.recipe, **(g.get("recipe") or {})}
+            analyses = g.get("analyses") or {}
+            for seed in g.get("seeds") or self.seeds:
+                for m in g["models"]:
+                    for combo in combos:
+                        model = ModelSpec(
+                            m.name, {**m.options, **combo}, m.label if not combo else ""
+                        )
+                        for data in g["data"]:
+                            out.append(RunSpec(
+                                group=g["name"], model=model, data=data,
+                                data_options=dict(g.get("data_options") or {}), seed=int(seed), recipe=recipe,
+                                analyses_init=tuple(analyses.get("init") or ()),
+                                analyses_trained=tuple(analyses.get("trained") or ()),
+                                analysis_options=dict(g.get("analysis_options") or {}),
+                                subset=g.get("subset"),
+                            ))  # fmt: skip
+        return out
+
+    def experiment_specs(self) -> list[ExperimentSpec]:
+        return [
+            ExperimentSpec(
+                e["name"],
+                e["kind"],
+                tuple(e.get("models") or ()),
+                tuple(e["input"]) if e.get("input") else None,
+                dict(e.get("options") or {}),
+            )  # fmt: skip
+            for e in self.experiments
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self.raw)
+
+
+def _models(path: str, value: Any) -> list[ModelSpec]:
+
+    if not isinstance(value, list) or not value:
+        _fail(path, "expected a non-empty list of model names or {name, options, label} mappings")
+    out = []
+    for i, m in enumerate(value):
+        p = f"{path}[{i}]"
+        if isinstance(m, str):
+            spec = ModelSpec(m)
+        else:
+            _check_keys(p, m, ("name", "options", "label"))
+            if "name" not in m:
+                _fail(p, "missing field 'name'")
+            opts = m.get("options") or {}
+            if not isinstance(opts, dict):
+                _fail(f"{p}.options", "expected a mapping of model options")
+            spec = ModelSpec(str(m["name"]), dict(opts), str(m.get("label") or ""))
+        out.append(spec)
+    return out
+
+
+def _validate_model(path: str, spec: ModelSpec, extra: dict[str, Any]) -> None:
+    """Build the model once on the meta device, so a bad name or option fails at load time."""
+    import torch
+
+    from ..models import create_model
+
+    try:
+        with torch.device("meta"):
+            create_model(spec.name, **{**spec.options, **extra})
+    except ValueError as err:
+        _fail(path, str(err))
+
+
+def _int_list(path: str, value: Any) -> list[int]:
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        _fail(path, "expected a non-empty list of integers, e.g. [0, 1]")
+    return list(value)
+
+
+def _recipe(path: str, value: Any) -> dict[str, Any]:
+    from ..train.recipe import PRESETS, get_recipe
+
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        value = {"preset": value}
+    if not isinstance(value, dict):
+        _fail(path, "expected a preset name or a mapping of recipe fields (with optional 'preset')")
+    try:
+        fields = {k: v for k, v in value.items() if k != "preset"}
+        get_recipe(value.get("preset", "quick"), **fields)
+    except ValueError as err:
+        _fail(path, f"{err}; presets: {', '.join(PRESETS)}")
+    return dict(value)
+
+
+def parse_spec(raw: Any, source: str = "<spec>", quick: bool = False) -> StudySpec:
+    """Validate a spec mapping (from YAML) and return a ``StudySpec``; raises ``SpecError``."""
+    from ..data import list_datasets
+
+    raw = _check_keys("", raw, TOP_FIELDS)
+    raw = copy.deepcopy(raw)
+    if quick and raw.get("quick"):
+        q = _check_keys("quick", raw["quick"], ("seeds", "recipe", "groups", "experiments"))
+        if "seeds" in q:
+            raw["seeds"] = q["seeds"]
+        if "recipe" in q:
+            base = raw.get("recipe") or {}
+            base = {"preset": base} if isinstance(base, str) else dict(base)
+            raw["recipe"] = {**base, **q["recipe"]}
+        for section in ("groups", "experiments"):
+            for name, patch in (q.get(section) or {}).items():
+                for item in raw.get(section) or []:
+                    if item.get("name") == name:
+                        item.update(patch)
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        _fail("name", "missing or empty; give the study a name")
+    seeds = _int_list("seeds", raw.get("seeds", [0]))
+    recipe = _recipe("recipe", raw.get("recipe"))
+    groups = raw.get("groups") or []
+    experiments = raw.get("experiments") or []
+    if not isinstance(groups, list) or not isinstance(experiments, list):
+        _fail("groups" if not isinstance(groups, list) else "experiments", "expected a list")
+    if not groups and not experiments:
+        _fail("groups", "a study needs at least one group or experiment")
+    datasets = list_datasets()
+    seen: set[str] = set()
+    for i, g in enumerate(groups):
+        p = f"groups[{i}]"
+        _check_keys(p, g, GROUP_FIELDS)
+        if not isinstance(g.get("name"), str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", g["name"]):
+            _fail(f"{p}.name", "missing or invalid; use letters, digits, '-', '_', '.'")
+        if g["name"] in seen:
+            _fail(f"{p}.name", f"duplicate group name {g['name']!r}")
+        seen.add(g["name"])
+        data = g.get("data", "digits")
+        data = [data] if isinstance(data, str) else data
+        if not isinstance(data, list) or not data:
+            _fail(f"{p}.data", "expected a data set name or a list of them")
+        for j, d in enumerate(data):
+            if d not in datasets:
+                close = difflib.get_close_matches(str(d), datasets, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                _fail(
+                    f"{p}.data[{j}]" if len(data) > 1 else f"{p}.data",
+                    f"unknown data set {d!r}{hint}; allowed: {', '.join(datasets)}",
+                )
+        g["data"] = data
+        g["models"] = _models(f"{p}.models", g.get("models"))
+        grid = g.get("grid") or {}
+        if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+            _fail(f"{p}.grid", "expected a mapping of option -> non-empty list of values")
+        for j, m in enumerate(g["models"]):
+            for combo in [
+                dict(zip(grid, vals, strict=True)) for vals in itertools.product(*grid.values())
+            ] or [{}]:
+                _validate_model(f"{p}.models[{j}]", ModelSpec(m.name, {**m.options, **combo}), {})
+        if "seeds" in g:
+            _int_list(f"{p}.seeds", g["seeds"])
+        if "recipe" in g:
+            g["recipe"] = _recipe(
+                f"{p}.recipe",
+                {
+                    **({"preset": recipe["preset"]} if "preset" in recipe else {}),
+                    **(g["recipe"] or {}),
+                },
+            )
+        analyses = _check_keys(f"{p}.analyses", g.get("analyses") or {}, ("init", "trained"))
+        for phase, kinds in analyses.items():
+            if not isinstance(kinds, list):
+                _fail(
+                    f"{p}.analyses.{phase}",
+                    f"expected a list of analyses from {', '.join(RUN_ANALYSES)}",
+                )
+            for j, k in enumerate(kinds):
+                if k not in RUN_ANALYSES:
+                    close = difflib.get_close_matches(str(k), RUN_ANALYSES, n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    _fail(
+                        f"{p}.analyses.{phase}[{j}]",
+                        f"unknown analysis {k!r}{hint}; allowed: {', '.join(RUN_ANALYSES)}",
+                    )
+        if "analysis_options" in g:
+            _check_keys(f"{p}.analysis_options", g["analysis_options"], RUN_ANALYSES)
+        if "subset" in g:
+            _check_keys(f"{p}.subset", g["subset"], ("n_train", "n_test"))
+    names: set[str] = set()
+    for i, e in enumerate(experiments):
+        p = f"experiments[{i}]"
+        _check_keys(p, e, EXPERIMENT_FIELDS)
+        if e.get("kind") not in EXPERIMENTS:
+            _fail(
+                f"{p}.kind",
+                f"unknown experiment {e.get('kind')!r}; allowed: {', '.join(EXPERIMENTS)}",
+            )
+        e.setdefault("name", e["kind"])
+        if e["name"] in names:
+            _fail(f"{p}.name", f"duplicate experiment name {e['name']!r}")
+        names.add(e["name"])
+        if e["kind"] == "paths":
+            e["models"] = _models(f"{p}.models", e.get("models"))
+            for j, m in enumerate(e["models"]):
+                _validate_model(f"{p}.models[{j}]", m, {})
+            if "input" in e and (
+                not isinstance(e["input"], list)
+                or not all(isinstance(v, int) and v > 0 for v in e["input"])
+            ):
+                _fail(f"{p}.input", "expected the input shape without the batch, e.g. [3, 32, 32]")
+        elif "models" in e:
+            _fail(f"{p}.models", f"{e['kind']} experiments choose their models in options")
+        if not isinstance(e.get("options") or {}, dict):
+            _fail(f"{p}.options", "expected a mapping of the analysis' keyword arguments")
+    return StudySpec(
+        name=name, description=str(raw.get("description") or ""), reproduces=str(raw.get("reproduces") or ""),
+        seeds=seeds, recipe=recipe, groups=groups, experiments=experiments,
+        report=dict(raw.get("report") or {}), raw=raw, source=source,
+    )  # fmt: skip
+
+
+def load_spec(path: str | Path | None = None, *, quick: bool = False) -> StudySpec:
+    """Load a spec from a YAML file, or a built-in study by name (``why-skip``, ...)."""
+    from .builtin import builtin_path
+
+    if path is None:
+        path = builtin_path("why-skip")
+    p = Path(path)
+    if not p.exists():
+        candidate = builtin_path(str(path), missing_ok=True)
+        if candidate is None:
+            from .builtin import list_builtin
+
+            raise SpecError(
+                f"study spec {path} not found; give a YAML file or a built-in study: {', '.join(list_builtin())}"
+            )
+        p = candidate
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise SpecError(f"{p}: not valid YAML ({err})".replace("\n", " ")) from None
+    try:
+        return parse_spec(raw, source=str(p), quick=quick)
+    except SpecError as err:
+        raise SpecError(f"{p}: {err}") from None
