@@ -1,0 +1,679 @@
+"""Path spectra: how many input-to-output paths cross how many nonlinearities.
+
+A network's computation is a graph of tensors. A *path* is a chain of data-dependent
+tensors from the input to the output; its *length* here is the number of nonlinear
+operations on it. Veit et al. 2016 ("Residual networks behave like ensembles of
+relatively shallow networks") count 2^n paths through n residual units, C(n, k) of which
+cross k residual branches; He et al. 2016 ("Identity mappings in deep residual
+networks") show that full pre-activation units leave a purely linear path from any unit
+to any later one; Ronneberger et al. 2015 (U-Net) join encoder and decoder with long
+skips, so the top skip carries the paths with the fewest nonlinearities.
+
+``path_spectrum`` counts all paths exactly, by the number of nonlinearities, with
+dynamic programming over the traced graph (never enumerating them): the spectrum of an
+op's output is the sum of the spectra of its data-dependent inputs, shifted by one when
+the op is nonlinear. Counts are Python ints (a 1001-layer ResNet has 2^333 paths).
+
+Tracing runs the model once on the example input under a ``TorchFunctionMode`` that sees
+every torch function and tensor method, so it works on any ``nn.Module`` with any Python
+control flow (shape checks, in-place ``out += identity``, ``ReLU(inplace=True)``).
+Parameters, buffers and tensors created from constants carry no paths.
+
+What counts as nonlinear (DESIGN.md, Analyses): activation functions, max-pooling,
+softmax, products or quotients of two data-dependent tensors (gates), and normalisation
+that divides by a statistic of its own input (LayerNorm, GroupNorm, InstanceNorm,
+BatchNorm in training mode). Linear: conv, linear, BatchNorm in eval mode, add/sub/cat,
+reshapes, slicing and indexing, average pooling, up-sampling, transposed conv, padding,
+dropout (its mask does not depend on the input), and products with constants or
+parameters. Any other op on data-dependent tensors is *unknown*: it is listed in the
+result and counted as nonlinear.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+import operator
+import weakref
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from ..models.unet import UNet
+from .result import Result, new_axes
+
+log = logging.getLogger(__name__)
+
+# A spectrum is (offset, counts): counts[i] paths with offset + i nonlinearities. The
+# offset makes the shift of a nonlinear op O(1), and linear ops share the same tuple.
+Spectrum = tuple[int, tuple[int, ...]]
+UNIT: Spectrum = (0, (1,))
+
+# --------------------------------------------------------------------------- op classes
+
+
+def _names(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# Linear jointly in all their tensor inputs: the output's paths are the union of the inputs'.
+SUM_LINEAR = _names("add sub rsub cat concat concatenate stack hstack vstack dstack column_stack")
+# Linear in each data-dependent input: linear when one input depends on the data,
+# a product (nonlinear) when several do (x * y, q @ k, conv with a computed weight, x[idx]).
+LINEAR = _names(
+    """
+    mul multiply matmul mm bmm einsum tensordot dot inner outer
+    conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d linear
+    avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d
+    adaptive_avg_pool3d interpolate upsample upsample_nearest upsample_bilinear
+    pixel_shuffle pixel_unshuffle channel_shuffle pad constant_pad_nd
+    dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout
+    view view_as reshape reshape_as flatten unflatten permute transpose t swapaxes
+    swapdims movedim moveaxis squeeze unsqueeze expand expand_as repeat repeat_interleave
+    tile broadcast_to contiguous clone detach to float double half bfloat16 type type_as
+    cpu cuda getitem narrow select index_select gather take take_along_dim split
+    split_with_sizes chunk unbind tensor_split hsplit vsplit roll flip fliplr flipud rot90
+    diagonal diag tril triu sum mean nansum cumsum neg negative positive trace
+    T mT H mH data real imag conj
+    """
+)
+# Nonlinear, whatever their inputs.
+NONLINEAR = _names(
+    """
+    relu relu6 leaky_relu prelu rrelu elu selu celu gelu silu mish hardswish hardsigmoid
+    hardtanh softplus softsign tanh sigmoid logsigmoid tanhshrink softshrink hardshrink
+    threshold glu softmax log_softmax softmin gumbel_softmax
+    max_pool1d max_pool2d max_pool3d max_pool1d_with_indices max_pool2d_with_indices
+    max_pool3d_with_indices adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool3d
+    adaptive_max_pool1d_with_indices adaptive_max_pool2d_with_indices
+    adaptive_max_pool3d_with_indices fractional_max_pool2d fractional_max_pool3d
+    lp_pool1d lp_pool2d max min amax amin maximum minimum
+    layer_norm group_norm instance_norm local_response_norm normalize rms_norm
+    exp exp2 log log2 log10 log1p expm1 sqrt rsqrt reciprocal pow square abs sign sgn
+    clamp clip clamp_min clamp_max sin cos tan norm std var std_mean var_mean prod cumprod rpow
+    logsumexp
+    gt lt ge le eq ne greater less greater_equal less_equal
+    scaled_dot_product_attention multi_head_attention_forward
+    """
+)
+# Results that do not depend on the input's values.
+CONSTANT = _names(
+    """
+    zeros_like ones_like empty_like full_like rand_like randn_like randint_like
+    new_zeros new_ones new_empty new_full
+    """
+)
+# In-place ops that overwrite their target with a constant.
+OVERWRITE = _names("zero_ fill_ normal_ uniform_ random_ bernoulli_ exponential_")
+DIVISION = _names("div divide true_divide truediv")
+REVERSED = {"radd": "add", "rsub": "sub", "rmul": "mul", "rmatmul": "matmul"}
+
+
+def op_name(func: Any) -> str:
+    """The canonical name of a torch function or tensor method (``__iadd__`` -> ``add``)."""
+    name = getattr(func, "__name__", None) or repr(func)
+    if name == "__get__":  # a tensor property such as .T or .data
+        name = getattr(getattr(func, "__self__", None), "__name__", name)
+    if name.startswith("__") and name.endswith("__"):
+        name = name[2:-2]
+        if name.startswith("i") and name[1:] in ("add", "sub", "mul", "truediv", "div", "matmul"):
+            name = name[1:]
+        name = REVERSED.get(name, name)
+    elif name.endswith("_") and name not in OVERWRITE and name != "copy_":
+        name = name[:-1]
+    return name.lstrip("_")
+
+
+def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    return args[index] if len(args) > index else default
+
+
+# --------------------------------------------------------------------------- spectra
+
+
+def merge(spectra: Sequence[Spectrum | None]) -> Spectrum | None:
+    """The sum of several spectra (paths that reach an op through any of its inputs)."""
+    present = [s for s in spectra if s is not None]
+    if not present:
+        return None
+    lo = min(s[0] for s in present)
+    hi = max(s[0] + len(s[1]) for s in present)
+    out: Sequence[int] = ()
+    for off, counts in present:
+        padded = (0,) * (off - lo) + counts + (0,) * (hi - off - len(counts))
+        out = padded if not out else tuple(map(operator.add, out, padded))  # C-speed loop
+    return (lo, tuple(out))
+
+
+def convolve(a: Spectrum, b: Spectrum) -> Spectrum:
+    """Paths from the input to a point (``a``) joined with paths from it onwards (``b``)."""
+    out = [0] * (len(a[1]) + len(b[1]) - 1)
+    for i, x in enumerate(a[1]):
+        if x:
+            for j, y in enumerate(b[1]):
+                out[i + j] += x * y
+    return (a[0] + b[0], tuple(out))
+
+
+def as_counts(s: Spectrum | None) -> dict[int, int]:
+    if s is None:
+        return {}
+    return {s[0] + i: c for i, c in enumerate(s[1]) if c}
+
+
+def describe(counts: dict[int, int]) -> tuple[int, int | None, int | None, float | None]:
+    """(total, min, max, mean) of a spectrum given as {nonlinearities: paths}."""
+    total = sum(counts.values())
+    if not total:
+        return 0, None, None, None
+    weighted = sum(k * c for k, c in counts.items())
+    return total, min(counts), max(counts), weighted / total  # int / int: exact rounding
+
+
+def format_count(n: int) -> str:
+    """An exact int as text, in scientific notation past 10^9 (no float overflow)."""
+    if n < 10**9:
+        return f"{n:,}"
+    digits = str(n)
+    return f"{digits[0]}.{digits[1:3]}e+{len(digits) - 1}"
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class PathCounts(Result):
+    """The spectrum of a subset of the paths (through one long skip, one module's output)."""
+
+    name: str
+    counts: dict[int, int]
+    total: int
+    min: int | None
+    max: int | None
+    mean: float | None
+    note: str = ""
+
+    @classmethod
+    def of(cls, name: str, counts: dict[int, int], note: str = "") -> PathCounts:
+        return cls(name, counts, *describe(counts), note=note)
+
+    def __repr__(self) -> str:
+        if not self.total:
+            return f"PathCounts({self.name!r}: no paths{', ' + self.note if self.note else ''})"
+        return (
+            f"PathCounts({self.name!r}: {format_count(self.total)} "
+            f"path{'s' if self.total != 1 else ''}, nonlinearities "
+            f"min {self.min}, max {self.max}, mean {self.mean:.2f})"
+        )
+
+
+@dataclass
+class PathSpectrum(Result):
+    """Exact input-to-output path counts by number of nonlinearities.
+
+    ``counts[k]`` is the number of paths that cross exactly ``k`` nonlinear ops (Python
+    ints; JSON keeps them exact). ``levels`` (U-Nets) holds the spectrum of the paths
+    through each long skip, top level first; ``through`` the paths through the output of
+    each module named in ``blocks``.
+    """
+
+    model: str
+    end: str
+    training: bool
+    counts: dict[int, int]
+    total: int
+    min: int
+    max: int
+    mean: float
+    has_linear_path: bool
+    unknown_ops: list[str]
+    nonlinear_ops: dict[str, int]
+    num_ops: int
+    levels: list[PathCounts] | None = None
+    through: list[PathCounts] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        parts = [
+            f"model={self.model!r}",
+            f"end={self.end!r}",
+            f"total={format_count(self.total)}",
+            f"min={self.min}",
+            f"max={self.max}",
+            f"mean={self.mean:.2f}",
+            f"has_linear_path={self.has_linear_path}",
+            f"unknown_ops={self.unknown_ops}",
+        ]
+        if self.levels is not None:
+            parts.append(f"levels={[lv.min for lv in self.levels]} (min per level)")
+        return f"PathSpectrum({', '.join(parts)})"
+
+    def summary(self) -> str:
+        lines = [
+            f"path spectrum of {self.model} (input -> {self.end}, "
+            f"{'training' if self.training else 'eval'} mode, {self.num_ops} ops traced)",
+            f"  paths: {format_count(self.total)}; nonlinearities per path: min {self.min}, "
+            f"max {self.max}, mean {self.mean:.2f}",
+            "  a linear path exists (min 0)"
+            if self.has_linear_path
+            else f"  no linear path: every path crosses at least {self.min} nonlinearities",
+        ]
+        if self.nonlinear_ops:
+            kinds = ", ".join(f"{k} x{v}" for k, v in sorted(self.nonlinear_ops.items()))
+            lines.append(f"  nonlinear ops: {kinds}")
+        if self.unknown_ops:
+            lines.append(f"  unknown ops (counted as nonlinear): {', '.join(self.unknown_ops)}")
+        for group in (self.levels or []), self.through:
+            lines.extend(f"  {p!r}" for p in group)
+        return "\n".join(lines)
+
+    def plot(self, ax: Any = None) -> Any:
+        """log10(number of paths) against the number of nonlinearities (bars), with the
+        long-skip spectra of a U-Net as lines."""
+        ax = new_axes(ax)
+        ks = sorted(self.counts)
+        # math.log10 takes Python ints of any size; float(count) overflows past 1e308.
+        ax.bar(ks, [math.log10(self.counts[k]) for k in ks], width=1.0, label="all paths")
+        for part in (self.levels or []) + self.through:
+            pk = sorted(part.counts)
+            if pk:
+                ax.plot(pk, [math.log10(part.counts[k]) for k in pk], marker=".", label=part.name)
+        ax.set_xlabel("nonlinearities on the path")
+        ax.set_ylabel("log10(number of paths)")
+        ax.set_title(f"path spectrum: {self.model}")
+        if self.levels or self.through:
+            ax.legend(fontsize="small")
+        return ax
+
+
+# --------------------------------------------------------------------------- tracing
+
+
+class _Stop(Exception):
+    """Raised from a hook to end the forward pass once the ``until`` output is known."""
+
+
+class Tracer(TorchFunctionMode):
+    """Records the graph of data-dependent tensors while a model runs.
+
+    Node ``i`` is one tensor value: ``spectra[i]`` counts the paths reaching it,
+    ``inputs[i]`` are the nodes it was computed from and ``nonlinear[i]`` says whether the
+    op that made it is nonlinear. Tensors are matched by identity (weak references, so a
+    freed tensor's id cannot be mistaken for a new one); an in-place op gives its tensor
+    a new node.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spectra: list[Spectrum] = []
+        self.inputs: list[tuple[int, ...]] = []
+        self.nonlinear: list[bool] = []
+        self.ops: list[str] = []
+        self.unknown: set[str] = set()
+        self.tensors: dict[int, tuple[weakref.ref, int]] = {}
+
+    # nodes -----------------------------------------------------------------------
+    def node(self, t: Any) -> int | None:
+        if not isinstance(t, Tensor):
+            return None
+        entry = self.tensors.get(id(t))
+        if entry is None or entry[0]() is not t:
+            return None
+        return entry[1]
+
+    def add_node(self, inputs: Sequence[int], nonlinear: bool, op: str) -> int:
+        s = merge([self.spectra[i] for i in inputs])
+        assert s is not None
+        if nonlinear:
+            s = (s[0] + 1, s[1])
+        self.spectra.append(s)
+        self.inputs.append(tuple(inputs))
+        self.nonlinear.append(nonlinear)
+        self.ops.append(op)
+        return len(self.spectra) - 1
+
+    def bind(self, t: Tensor, node: int) -> None:
+        self.tensors[id(t)] = (weakref.ref(t), node)
+
+    def add_input(self, t: Tensor) -> None:
+        self.spectra.append(UNIT)
+        self.inputs.append(())
+        self.nonlinear.append(False)
+        self.ops.append("input")
+        self.bind(t, len(self.spectra) - 1)
+
+    def nodes_in(self, value: Any) -> list[int]:
+        """Nodes of the tracked tensors in ``value`` (a tensor, or nested lists/dicts)."""
+        if isinstance(value, Tensor):
+            n = self.node(value)
+            return [] if n is None else [n]
+        if isinstance(value, list | tuple):
+            return [n for v in value for n in self.nodes_in(v)]
+        if isinstance(value, dict):
+            return [n for v in value.values() for n in self.nodes_in(v)]
+        return []
+
+    # the mode ----------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        found = [n for a in args for n in self.nodes_in(a)]
+        for k, v in kwargs.items():
+            if k != "out":
+                found += self.nodes_in(v)
+        out = func(*args, **kwargs)
+        if not found:
+            return out
+        name = op_name(func)
+        if name == "setitem":  # x[key] = value: x now also carries value's paths
+            self._setitem(args)
+            return out
+        if name in OVERWRITE or name == "copy_":
+            target = args[0]
+            src = self.nodes_in(args[1]) if name == "copy_" and len(args) > 1 else []
+            if src:
+                self.bind(target, self.add_node(sorted(set(src)), False, "copy"))
+            else:
+                self.tensors.pop(id(target), None)
+            return out
+        outputs = [
+            o for o in (out if isinstance(out, list | tuple) else (out,)) if isinstance(o, Tensor)
+        ]
+        if not outputs or name in CONSTANT:
+            return out
+        nonlinear = self._is_nonlinear(name, args, kwargs, found)
+        node = self.add_node(sorted(set(found)), nonlinear, name)
+        for o in outputs:
+            self.bind(o, node)
+        return out
+
+    def _is_nonlinear(self, name: str, args: tuple, kwargs: dict, found: list[int]) -> bool:
+        if name in SUM_LINEAR:
+            return False
+        if name in NONLINEAR:
+            return True
+        if name == "batch_norm":  # batch statistics divide by the input's own variance
+            return bool(_arg(args, kwargs, 5, "training", False))
+        if name in DIVISION or name in ("rdiv", "rtruediv"):
+            divisor = args[0] if name.startswith("r") else _arg(args, kwargs, 1, "other", None)
+            return self.node(divisor) is not None
+        if name == "where":  # where(cond, a, b): a gate when cond depends on the data
+            return bool(self.nodes_in(_arg(args, kwargs, 0, "condition", None)))
+        if name == "masked_fill":
+            return bool(self.nodes_in(args[1:]) + self.nodes_in(list(kwargs.values())))
+        if name in LINEAR:
+            return len(found) > 1
+        self.unknown.add(name)
+        return True
+
+    def _setitem(self, args: tuple) -> None:
+        target, key, value = args[0], args[1], args[2]
+        inputs = self.nodes_in(target) + self.nodes_in(value)
+        gate = self.nodes_in(key)
+        self.bind(target, self.add_node(sorted(set(inputs + gate)), bool(gate), "setitem"))
+
+
+# --------------------------------------------------------------------------- reverse DP
+
+
+def suffixes(tracer: Tracer, end: int) -> list[Spectrum | None]:
+    """For every node, the spectrum of the paths from it to ``end`` (not counting the
+    node's own op): dynamic programming backwards over the recorded graph."""
+    suffix: list[Spectrum | None] = [None] * (end + 1)
+    suffix[end] = UNIT
+    for v in range(end, -1, -1):
+        s = suffix[v]
+        if s is None:
+            continue
+        if tracer.nonlinear[v]:
+            s = (s[0] + 1, s[1])
+        for u in tracer.inputs[v]:
+            suffix[u] = s if suffix[u] is None else merge([suffix[u], s])
+    return suffix
+
+
+def through_edges(
+    tracer: Tracer, suffix: list[Spectrum | None], node: int, exclude: Sequence[int] = ()
+) -> dict[int, int]:
+    """Paths through ``node`` that leave it by any consumer not in ``exclude``."""
+    parts = []
+    for c in range(node + 1, len(suffix)):
+        s = suffix[c]
+        if s is None or c in exclude or node not in tracer.inputs[c]:
+            continue
+        parts.append((s[0] + 1, s[1]) if tracer.nonlinear[c] else s)
+    after = merge(parts)
+    if node == len(suffix) - 1:
+        after = merge([after, UNIT])  # the node is the end itself
+    return {} if after is None else as_counts(convolve(tracer.spectra[node], after))
+
+
+# --------------------------------------------------------------------------- the analysis
+
+
+def _module_by_name(model: nn.Module, name: str, option: str) -> nn.Module:
+    modules = dict(model.named_modules())
+    if name in modules:
+        return modules[name]
+    close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.4)
+    hint = f"; close names: {', '.join(close)}" if close else ""
+    raise ValueError(
+        f"invalid {option}={name!r}: no module of that name in {type(model).__name__}"
+        f"{hint} (use names from model.named_modules())"
+    )
+
+
+def _resolve_blocks(
+    model: nn.Module, blocks: Sequence[str | nn.Module]
+) -> list[tuple[str, nn.Module]]:
+    names = {id(m): n for n, m in model.named_modules()}
+    out = []
+    for b in blocks:
+        if isinstance(b, str):
+            out.append((b, _module_by_name(model, b, "blocks entry")))
+        elif isinstance(b, nn.Module) and id(b) in names:
+            out.append((names[id(b)], b))
+        else:
+            raise ValueError(
+                f"invalid blocks entry {b!r}: give module names or submodules of the model"
+            )
+    return out
+
+
+def _first_node(tracer: Tracer, output: Any, what: str) -> int:
+    nodes = sorted(set(tracer.nodes_in(output)))
+    if not nodes:
+        raise ValueError(
+            f"{what} does not depend on the input: no path from the input reaches it "
+            "(is the input used, and does the model run only torch ops on it?)"
+        )
+    if len(nodes) == 1:
+        return nodes[0]
+    return tracer.add_node(nodes, False, "outputs")  # several outputs: paths to any
+
+
+def path_spectrum(
+    model: nn.Module,
+    example_input: Tensor | Sequence[Tensor],
+    until: str | None = None,
+    blocks: Sequence[str | nn.Module] | None = None,
+) -> PathSpectrum:
+    """Count the input-to-output paths of ``model`` by number of nonlinearities, exactly.
+
+    Args:
+        model: any ``nn.Module``; it runs once, in its current mode (call ``model.eval()``
+            first: in training mode BatchNorm divides by batch statistics and counts as
+            nonlinear). Buffers it updates in training mode are restored afterwards.
+        example_input: one input tensor (or a tuple of positional inputs) of the shape
+            the model takes, batch dimension included.
+        until: end the paths at the output of this module (a name from
+            ``model.named_modules()``, first call) instead of the model's output.
+        blocks: modules (names or submodules) whose output to report in ``through``: the
+            spectrum of the paths that pass through each one's output (each must run once).
+
+    For a skiplab ``UNet`` (Ronneberger et al. 2015) ``levels`` holds, per level (top
+    first), the paths that take that level's long skip: the paths from the input to the
+    encoder feature, joined with the paths from where it enters the decoder to the output.
+
+    Closed forms (Veit et al. 2016; He et al. 2016): a post-activation CIFAR ResNet with
+    n basic units has C(n, k) paths with n + 1 + k nonlinearities (the stem's ReLU, a ReLU
+    after every addition, one more inside each branch taken); a full pre-activation one
+    has C(n, k) paths with 1 + 2k (two ReLUs per branch taken, and the final BN-ReLU).
+
+    Raises ``ValueError`` on an input the model rejects, an unknown ``until`` name, or an
+    output that does not depend on the input.
+    """
+    inputs = tuple(example_input) if isinstance(example_input, list | tuple) else (example_input,)
+    if not inputs or not all(isinstance(x, Tensor) for x in inputs):
+        raise ValueError("invalid example_input: give a tensor (or a tuple of tensors)")
+    inputs = tuple(x.detach().clone() for x in inputs)  # the model may write in place
+    end_module = _module_by_name(model, until, "until") if until is not None else None
+    named_blocks = _resolve_blocks(model, blocks) if blocks is not None else []
+
+    is_unet = isinstance(model, UNet) and until is None
+    tracer = Tracer()
+    captured: dict[str, list[int | None]] = {}
+    pooled: dict[int, int] = {}  # U-Net: encoder feature node -> its max-pool node
+    handles = []
+
+    def capture(key: str, stop: bool = False):  # noqa: ANN202
+        def hook(_m: nn.Module, _args: tuple, out: Any) -> None:
+            nodes = sorted(set(tracer.nodes_in(out)))
+            captured.setdefault(key, []).append(nodes[-1] if nodes else None)
+            if stop:
+                captured[key][-1] = _first_node(tracer, out, f"the output of {until!r}")
+                raise _Stop
+
+        return hook
+
+    def pool_hook(_m: nn.Module, args: tuple, out: Any) -> None:
+        src, dst = tracer.node(args[0]), tracer.node(out)
+        if src is not None and dst is not None:
+            pooled[src] = dst
+
+    saved = [(b, b.detach().clone()) for b in model.buffers()] if model.training else []
+    try:
+        if end_module is not None:
+            handles.append(end_module.register_forward_hook(capture("until", stop=True)))
+        for name, m in named_blocks:
+            handles.append(m.register_forward_hook(capture("block:" + name)))
+        if is_unet:
+            for lvl, enc in enumerate(model.encoder):
+                handles.append(enc.register_forward_hook(capture(f"level:{lvl}")))
+            handles.append(model.pool.register_forward_hook(pool_hook))
+        output = None
+        with torch.no_grad(), tracer:
+            for x in inputs:
+                tracer.add_input(x)
+            try:
+                output = model(*inputs)
+            except _Stop:
+                pass
+            except RuntimeError as e:
+                raise ValueError(_bad_input_message(model, inputs, e)) from e
+    finally:
+        for h in handles:
+            h.remove()
+        with torch.no_grad():
+            for b, value in saved:
+                b.copy_(value)
+
+    if until is not None:
+        if "until" not in captured:
+            raise ValueError(f"invalid until={until!r}: that module did not run in the forward")
+        end = captured["until"][0]
+        assert end is not None
+    else:
+        end = _first_node(tracer, output, "the model's output")
+
+    counts = as_counts(tracer.spectra[end])
+    total, lo, hi, mean = describe(counts)
+    live = _ancestors(tracer, end)
+    kinds = Counter(tracer.ops[v] for v in live if tracer.nonlinear[v])
+    if "batch_norm" in kinds:
+        kinds["batch_norm (training)"] = kinds.pop("batch_norm")
+
+    levels = None
+    through: list[PathCounts] = []
+    if is_unet or named_blocks:
+        suffix = suffixes(tracer, end)
+        if is_unet:
+            levels = _unet_levels(model, tracer, suffix, captured, pooled)
+        for name, _m in named_blocks:
+            calls = captured.get("block:" + name, [])
+            if len(calls) != 1:
+                raise ValueError(
+                    f"invalid blocks entry {name!r}: it ran {len(calls)} times before the end "
+                    "of the paths; each block must run exactly once"
+                )
+            node = calls[0]
+            part = {} if node is None or node > end else through_edges(tracer, suffix, node)
+            through.append(PathCounts.of(name, part))
+
+    log.debug("path_spectrum: %d nodes traced, %d on paths to the end", len(tracer.ops), len(live))
+    return PathSpectrum(
+        model=type(model).__name__,
+        end=until if until is not None else "output",
+        training=model.training,
+        counts=counts,
+        total=total,
+        min=lo,
+        max=hi,
+        mean=mean,
+        has_linear_path=lo == 0,
+        unknown_ops=sorted(op for op in tracer.unknown if any(tracer.ops[v] == op for v in live)),
+        nonlinear_ops=dict(sorted(kinds.items())),
+        num_ops=sum(tracer.ops[v] not in ("input", "outputs") for v in live),
+        levels=levels,
+        through=through,
+    )
+
+
+def _ancestors(tracer: Tracer, end: int) -> list[int]:
+    """The nodes on some path from the input to ``end``."""
+    seen = [False] * (end + 1)
+    seen[end] = True
+    for v in range(end, -1, -1):
+        if seen[v]:
+            for u in tracer.inputs[v]:
+                seen[u] = True
+    return [v for v in range(end + 1) if seen[v]]
+
+
+def _unet_levels(
+    model: nn.Module,
+    tracer: Tracer,
+    suffix: list[Spectrum | None],
+    captured: dict[str, list[int | None]],
+    pooled: dict[int, int],
+) -> list[PathCounts]:
+    """Per level, top first: the paths through the long skip (encoder feature -> decoder)."""
+    levels = []
+    for lvl, skip in enumerate(model.skips):
+        name = f"level {lvl} ({skip} skip)"
+        calls = captured.get(f"level:{lvl}", [])
+        node = calls[-1] if calls else None
+        if skip == "none" or node is None:
+            levels.append(PathCounts.of(name, {}, note="no long skip at this level"))
+            continue
+        down = [pooled[node]] if node in pooled else []
+        levels.append(PathCounts.of(name, through_edges(tracer, suffix, node, exclude=down)))
+    return levels
+
+
+def _bad_input_message(model: nn.Module, inputs: tuple[Tensor, ...], error: Exception) -> str:
+    shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
+    expected = getattr(model, "example_input_shape", None)
+    want = (
+        f"; {type(model).__name__} expects [N, {', '.join(map(str, expected))}]"
+        if expected
+        else "; check the input shape the model expects"
+    )
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return f"invalid example_input of shape {shapes}: the forward pass failed ({first}){want}"
