@@ -205,6 +205,7 @@ def train_cmd(
 
     from .data import load_dataset
     from .models import create_model
+    from .models.registry import data_options
     from .train import fit, get_recipe
     from .train.distributed import DistInfo
     from .train.recipe import from_dict
@@ -229,8 +230,8 @@ def train_cmd(
     else:
         rec = get_recipe(recipe or ("quick" if data in EMBEDDED else "he2016-cifar"), **overrides)
     dataset = load_dataset(data, data_dir=data_dir)
-    options.setdefault("in_channels", dataset.in_channels)
-    options.setdefault("num_classes", dataset.num_classes)
+    for key, value in data_options(name, dataset.input_shape, dataset.num_classes).items():
+        options.setdefault(key, value)
     torch.manual_seed(seed)
     model = create_model(name, **options)
     out_dir = out or default_out(name, data, seed)
@@ -247,6 +248,132 @@ def train_cmd(
         f"{k} {final[k]:.4f}" for k in ("train_loss", "test_acc", "test_miou") if k in final
     )
     typer.echo(f"{name} on {data}: {shown} ({len(result.metrics)} epochs) -> {out_dir}")
+
+
+ANALYSES = ("paths", "gradflow", "pathgrad", "lesion", "identity", "shattered", "landscape", "nlc")
+
+
+def _load_for_analysis(
+    target: str, options: dict[str, Any], data: str | None, data_dir: Path | None, seed: int
+) -> tuple[Any, Any, str]:
+    """(model, data set, label) for an analysis of a registry name or a run's weights file."""
+    import torch
+
+    from .data import load_dataset
+    from .models import create_model
+    from .models.registry import data_options
+    from .train import load_model
+
+    path = Path(target)
+    if path.suffix == ".safetensors" or path.is_file() or path.is_dir():
+        if path.is_dir():
+            path = path / "model.safetensors"
+        if options:
+            raise ValueError(
+                "model options apply to model names, not to checkpoints (the checkpoint names its options)"
+            )
+        model, meta = load_model(path)
+        dataset = load_dataset(
+            data or meta.get("data") or "digits",
+            data_dir=data_dir,
+            **(meta.get("data_options") or {}),
+        )
+        return model, dataset, f"{meta.get('model')} (trained, {path})"
+    dataset = load_dataset(data or ("shapes" if target == "unet" else "digits"), data_dir=data_dir)
+    for key, value in data_options(target, dataset.input_shape, dataset.num_classes).items():
+        options.setdefault(key, value)
+    torch.manual_seed(seed)
+    return create_model(target, **options), dataset, f"{target} (initialisation)"
+
+
+@app.command("analyze", context_settings=EXTRA)
+@user_errors
+def analyze_cmd(
+    ctx: typer.Context,
+    kind: str = typer.Argument(..., help=f"one of: {', '.join(ANALYSES)}"),
+    target: str = typer.Argument(
+        None,
+        help="model name, run folder or model.safetensors (identity/shattered: models, comma-separated)",
+    ),
+    data: str = typer.Option(
+        None, "--data", help="data set for the batch (default: the run's, or digits)"
+    ),
+    data_dir: Path = typer.Option(None, "--data-dir"),
+    out: Path = typer.Option(None, "--out", help="output folder (default analyses/KIND-TARGET)"),
+    batch: int = typer.Option(64, "--batch", help="examples in the batch"),
+    seed: int = typer.Option(0, "--seed"),
+    until: str = typer.Option(None, "--until", help="paths: end at this module's output"),
+    blocks: str = typer.Option(
+        None, "--blocks", help="comma-separated module names of the residual units"
+    ),
+    dims: int = typer.Option(2, "--dims", help="landscape: 1 or 2"),
+    steps: int = typer.Option(21, "--steps", help="landscape: grid points per axis"),
+    depths: str = typer.Option(None, "--depths", help="identity/shattered: comma-separated depths"),
+) -> None:
+    """Run one analysis; write result.json and a PNG figure; print a summary."""
+    import json as _json
+
+    from . import analysis as A
+    from .train.checkpoint import atomic_write_text
+
+    if kind not in ANALYSES:
+        import difflib
+
+        close = difflib.get_close_matches(kind, ANALYSES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown analysis {kind!r}{hint}; allowed: {', '.join(ANALYSES)}")
+    options = parse_options(ctx.args)
+    block_list = blocks.split(",") if blocks else None
+    if kind in ("identity", "shattered"):
+        kwargs: dict[str, Any] = dict(options)
+        if target:
+            kwargs["models"] = target.split(",")
+        if depths:
+            kwargs["depths"] = [int(d) for d in depths.split(",")]
+        try:
+            res = (
+                A.identity_task(**kwargs) if kind == "identity" else A.shattered_gradients(**kwargs)
+            )
+        except TypeError as err:
+            raise ValueError(f"invalid option for {kind}: {err}") from None
+        label = kind
+    else:
+        if not target:
+            raise ValueError(
+                f"{kind} needs a model name or a checkpoint, e.g. skiplab analyze {kind} resnet-20"
+            )
+        model, dataset, label = _load_for_analysis(target, options, data, data_dir, seed)
+        model.eval()
+        x, y = dataset.test_x[:batch], dataset.test_y[:batch]
+        if kind == "paths":
+            res = A.path_spectrum(model, x[:1], until=until, blocks=block_list)
+        elif kind == "gradflow":
+            res = A.gradient_flow(model, x, y, blocks=block_list)
+        elif kind == "pathgrad":
+            res = A.path_gradients(model, x, y, blocks=block_list, seed=seed)
+        elif kind == "lesion":
+            res = A.lesion(model, (dataset.test_x, dataset.test_y), blocks=block_list, seed=seed)
+        elif kind == "landscape":
+            res = A.loss_landscape(model, (x, y), dims=dims, steps=steps, seed=seed)
+        else:
+            res = A.nonlinearity_coefficient(model, x, blocks=block_list)
+    out_dir = out or Path("analyses") / f"{kind}-{Path(target).stem if target else kind}".replace(
+        ",", "_"
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        out_dir / "result.json",
+        _json.dumps({"analysis": kind, "target": label, **res.to_dict()}, indent=1),
+    )
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = res.plot()
+    ax.figure.savefig(out_dir / f"{kind}.png", dpi=120, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(ax.figure)
+    typer.echo(f"{label}\n{res.summary()}\n-> {out_dir}/result.json, {out_dir}/{kind}.png")
 
 
 @app.command("study")

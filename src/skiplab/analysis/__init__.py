@@ -6,6 +6,7 @@ Each is a function of ``(model, data, ...)`` returning a dataclass result with
 
 from .blocks import UnitView, find_units, is_unit
 from .gradflow import GradientFlow, gradient_flow, unit_grad_norms
+from .identity import IdentityTask, identity_task
 from .landscape import LossLandscape, loss_landscape
 from .lesion import Lesion, lesion
 from .nonlinearity import NLC, nonlinearity_coefficient
@@ -16,6 +17,7 @@ from .shattered import ShatteredGradients, shattered_gradients
 __all__ = [
     "NLC",
     "GradientFlow",
+    "IdentityTask",
     "Lesion",
     "LossLandscape",
     "PathGradients",
@@ -24,6 +26,7 @@ __all__ = [
     "UnitView",
     "find_units",
     "gradient_flow",
+    "identity_task",
     "is_unit",
     "lesion",
     "loss_landscape",

@@ -187,3 +187,14 @@ def model_options(name: str) -> dict[str, Any]:
     opts = entry.options()
     opts.update({k: v for k, v in implied.items() if k != "depth" or not entry.is_family})
     return opts
+
+
+def data_options(name: str, input_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    """``in_channels``/``num_classes`` that fit a data set: MLPs take flattened inputs, so
+    their ``in_channels`` is the number of input features."""
+    entry, _ = _REGISTRY.lookup(name)
+    flat = entry.builder is _mlp.mlp
+    in_channels = 1
+    for s in input_shape if flat else input_shape[:1]:
+        in_channels *= int(s)
+    return {"in_channels": in_channels, "num_classes": int(num_classes)}

@@ -59,6 +59,7 @@ def execute_run(
 
     from ..data import load_dataset
     from ..models import create_model
+    from ..models.registry import data_options
     from ..train import fit, get_recipe
     from .analyses import run_analysis
 
@@ -73,8 +74,8 @@ def execute_run(
         if run.subset:
             data = data.subset(run.subset.get("n_train"), run.subset.get("n_test"))
         options = dict(run.model.options)
-        options.setdefault("in_channels", data.in_channels)
-        options.setdefault("num_classes", data.num_classes)
+        for key, value in data_options(run.model.name, data.input_shape, data.num_classes).items():
+            options.setdefault(key, value)
         torch.manual_seed(run.seed)
         model = create_model(run.model.name, **options)
         label = run.model.display()

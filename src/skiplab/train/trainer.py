@@ -311,7 +311,9 @@ def fit(
     status, message = "running", ""
     try:
         for epoch in range(start_epoch, recipe.epochs):
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # CPU: same batches on any device
+            gen = torch.Generator().manual_seed(
+                seed * 1_000_003 + epoch
+            )  # CPU: same batches on any device
             model.train()
             stats = EpochStats(data.num_classes, seg, dev)
             for i, (xb, yb) in enumerate(

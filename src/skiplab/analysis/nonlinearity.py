@@ -1,0 +1,177 @@
+"""The nonlinearity coefficient (NLC) of Philipp & Carbonell (arXiv 1806.00179).
+
+    NLC(f) = sqrt( E_x tr(J(x) Σ_x J(x)^T) / tr(Σ_f) )
+
+with Σ_x the covariance of the inputs, Σ_f the covariance of the outputs f(x) and J(x)
+the input-output Jacobian. An affine map has NLC 1 (J is constant, so J Σ_x J^T = Σ_f);
+the more nonlinear f is over the spread of its inputs, the larger the NLC.
+
+Computation, without materialising J: with the centred data matrix C = X - mean ([N, D])
+and its thin SVD C = U S V^T, Σ_x = C^T C / N = sum_r t_r t_r^T with tangents
+t_r = s_r v_r / sqrt(N) (rank <= min(N - 1, D)), so
+
+    tr(J Σ_x J^T) = sum_r |J t_r|^2,
+
+one Jacobian-vector product per tangent, each evaluated at all N points at once (the
+model is in eval mode, so it maps each sample on its own). The tangents are batched with
+``torch.func.vmap`` over ``torch.func.jvp`` (forward mode); where an op has no
+forward-mode rule, the JVP falls back to the double-backward trick.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .blocks import find_units
+from .gradflow import module_mode
+from .pathgrad import record_units
+from .result import Result, new_axes
+
+log = logging.getLogger(__name__)
+
+
+def _tangents(x: Tensor, rtol: float = 1e-10) -> Tensor:
+    """Tangents t_r with sum_r t_r t_r^T = Σ_x (population covariance), ``[R, *x.shape[1:]]``."""
+    n = x.shape[0]
+    c = (x - x.mean(0, keepdim=True)).flatten(1)  # [N, D]
+    if c.shape[1] <= n:  # D small: eigen-decomposition of the D x D covariance
+        cov = c.T @ c / n
+        evals, evecs = torch.linalg.eigh(cov)
+        keep = evals > rtol * evals.abs().max().clamp_min(torch.finfo(c.dtype).tiny)
+        t = (evecs[:, keep] * evals[keep].sqrt()).T  # [R, D]
+    else:
+        _u, s, vh = torch.linalg.svd(c, full_matrices=False)
+        keep = s > math.sqrt(rtol) * s.max().clamp_min(torch.finfo(c.dtype).tiny)
+        t = s[keep, None] * vh[keep] / math.sqrt(n)  # [R, D]
+    return t.reshape(-1, *x.shape[1:])
+
+
+def _jvp_sq_norms(f: Callable[[Tensor], Tensor], x: Tensor, tangents: Tensor, chunk: int) -> Tensor:
+    """sum_r |J(x_i) t_r|^2 for each point i: ``[N]``. ``tangents`` are ``[R, *x.shape[1:]]``."""
+
+    def one(t: Tensor) -> Tensor:
+        _out, jt = torch.func.jvp(f, (x,), (t.expand_as(x),))
+        return jt.detach().flatten(1).pow(2).sum(1)  # [N]
+
+    try:
+        sq = torch.func.vmap(one, chunk_size=chunk)(tangents)  # [R, N]
+        return sq.sum(0)
+    except (RuntimeError, NotImplementedError) as err:
+        log.info("forward-mode JVP unavailable (%s); using double-backward VJPs", err)
+    # J t = d/dv <v, J t>: the VJP u(v) = J^T v is linear in v, and J t = grad_v <u(v), t>.
+    total = x.new_zeros(x.shape[0])
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        out = f(xg)
+        v = torch.zeros_like(out, requires_grad=True)
+        (u,) = torch.autograd.grad(out, xg, v, create_graph=True)
+        for start in range(0, tangents.shape[0], chunk):
+            t = tangents[start : start + chunk]
+            t = t.unsqueeze(1).expand(-1, *x.shape)  # [r, N, ...]
+            (jt,) = torch.autograd.grad(u, v, t, retain_graph=True, is_grads_batched=True)
+            total += jt.detach().flatten(2).pow(2).sum(2).sum(0)
+    return total
+
+
+def nlc_of(f: Callable[[Tensor], Tensor], x: Tensor, *, chunk: int = 16) -> float:
+    """NLC of ``f`` over the points ``x`` (``[N, ...]``, N >= 2), which ``f`` maps sample by
+    sample (Philipp & Carbonell 2018). 1 for an affine ``f``; NaN when ``f`` is constant."""
+    if x.shape[0] < 2:
+        raise ValueError(f"the NLC needs at least 2 input points to estimate Σ_x, got {x.shape[0]}")
+    x = x.detach()
+    with torch.no_grad():
+        out = f(x)
+    var_out = (out - out.mean(0, keepdim=True)).flatten(1).pow(2).sum(1).mean()  # tr(Σ_f)
+    tangents = _tangents(x)
+    if tangents.shape[0] == 0:
+        return math.nan
+    num = _jvp_sq_norms(f, x, tangents, chunk).detach().mean()  # E_x tr(J Σ_x J^T)
+    if var_out <= 0:
+        return math.nan
+    return float((num / var_out).sqrt())
+
+
+@dataclass(repr=False)
+class NLC(Result):
+    """The nonlinearity coefficient of the model (``value``) and of each residual unit as a
+    map from its input to its output (``per_unit``: ``{"name", "nlc"}``, inputs recorded on
+    the same batch), Philipp & Carbonell 2018."""
+
+    value: float
+    per_unit: list[dict[str, Any]]
+    points: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"NLC(value={self.value:.4g}, units={len(self.per_unit)}, points={self.points})"
+
+    def summary(self) -> str:
+        lines = [
+            f"nonlinearity coefficient {self.value:.4g} over {self.points} points "
+            "(1 = affine; Philipp & Carbonell 2018)"
+        ]
+        vals = [r["nlc"] for r in self.per_unit if not math.isnan(r["nlc"])]
+        if vals:
+            lines.append(
+                f"per unit: mean {sum(vals) / len(vals):.4g}, min {min(vals):.4g}, "
+                f"max {max(vals):.4g} over {len(vals)} units"
+            )
+        return "\n".join(lines)
+
+    def plot(self, ax: Any = None) -> Any:
+        """NLC of each unit against depth, the whole model's NLC as a dashed line."""
+        ax = new_axes(ax)
+        if self.per_unit:
+            ax.plot([r["nlc"] for r in self.per_unit], "o-", label="unit")
+        ax.axhline(self.value, color="C1", ls="--", label="whole model")
+        ax.axhline(1.0, color="gray", ls=":", label="affine")
+        ax.set_xlabel("unit")
+        ax.set_ylabel("NLC")
+        ax.set_title("nonlinearity coefficient")
+        ax.legend()
+        return ax
+
+
+def nonlinearity_coefficient(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    blocks: Sequence[str | nn.Module] | None = None,
+    chunk: int = 16,
+) -> NLC:
+    """The NLC of ``model`` over the batch ``x`` and of each residual unit (Philipp &
+    Carbonell 2018, arXiv 1806.00179).
+
+    Args:
+        model: any ``nn.Module`` returning a tensor; run in eval mode (restored after).
+            Units are found by ``find_units`` (plain skiplab units included) or named with
+            ``blocks=[...]``; a model without units gets an empty ``per_unit``.
+        x: the input points ``[N, ...]``, N >= 2: their covariance is Σ_x. Cost: one
+            forward-mode pass over the batch per tangent, min(N - 1, D) tangents.
+        chunk: tangents evaluated at once (memory: ``chunk`` x the activations of x).
+    """
+    if blocks is not None:
+        units = find_units(model, blocks)
+    else:
+        units = find_units(model, required=False, include_plain=True)
+    with module_mode(model, False):
+        with torch.no_grad():
+            records, _out = record_units(model, units, x) if units else ([], None)
+        value = nlc_of(model, x, chunk=chunk)
+        per_unit = [
+            {"name": u.name, "nlc": nlc_of(u.module, records[i][0], chunk=chunk)}
+            for i, u in enumerate(units)
+        ]
+    return NLC(
+        value=value,
+        per_unit=per_unit,
+        points=int(x.shape[0]),
+        meta={"model": type(model).__name__},
+    )

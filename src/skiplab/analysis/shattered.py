@@ -1,0 +1,400 @@
+"""Shattered gradients (Balduzzi et al. 2017): does the input gradient stay smooth with depth?
+
+Balduzzi, Frean, Leary, Lewis, Ma, McWilliams, "The Shattered Gradients Problem: If
+resnets are the answer, then what is the question?" (ICML 2017, arXiv 1702.08591).
+A net with one input and one output is evaluated at 256 equally spaced points in
+[-2, 2]; the gradient ``d out / d x`` at those points is a 1-D signal. In deep plain
+(feedforward) nets it approaches white noise (the correlation between neighbouring
+points decays like 2^-L); in resnets with batch norm it decays like 1/sqrt(L) and looks
+like brown noise (Balduzzi et al. 2017, Figs. 1-3).
+
+Two measures of the signal, as pure helpers tested on synthetic signals:
+
+- ``autocorrelation``: normalised autocorrelation at lags 0..L (1 at lag 0; ~0 at lags
+  >= 1 for white noise, close to 1 for a smooth signal).
+- ``spectral_slope``: the slope of log power against log frequency (white noise ~0,
+  brown noise, the cumulative sum of white noise, ~-2).
+
+The 256 points go through the net as one batch, so BN normalises with the statistics
+of that batch, as in the paper; the gradient at each point is ``d out_i / d x_i`` with
+those statistics held fixed (see ``input_gradient``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..models.layers import check_positive_int, invalid
+from ..models.registry import create_model
+from .result import Result, new_axes
+
+log = logging.getLogger(__name__)
+
+ModelSpec = str | tuple[str, Mapping[str, Any]] | Callable[[int], nn.Module]
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def autocorrelation(signal: Any, max_lag: int | None = None) -> np.ndarray:
+    """Normalised autocorrelation of ``signal`` along its last axis, lags ``0..max_lag``.
+
+    ``r(k) = sum_t (g_t - m)(g_{t+k} - m) / sum_t (g_t - m)^2`` (the biased estimator, so
+    ``r(0) = 1``). Leading axes are kept: ``[..., T] -> [..., max_lag + 1]``. A constant
+    signal has no variance to normalise by: its autocorrelation is NaN.
+    """
+    g = np.asarray(signal, dtype=np.float64)
+    n = g.shape[-1]
+    max_lag = n - 1 if max_lag is None else max_lag
+    if not 0 <= max_lag < n:
+        raise invalid("max_lag", max_lag, f"must be in [0, {n - 1}] for a signal of length {n}")
+    c = g - g.mean(axis=-1, keepdims=True)
+    var = (c * c).sum(axis=-1)
+    out = np.stack([(c[..., : n - k] * c[..., k:]).sum(axis=-1) for k in range(max_lag + 1)], -1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = np.where(var > 1e-12 * np.maximum(1.0, (g * g).sum(axis=-1)), var, np.nan)
+        return out / scale[..., None]
+
+
+def power_spectrum(signal: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(frequencies, power) of the mean-removed ``signal`` along its last axis.
+
+    Frequencies are in cycles per sample, ``1/T .. 1/2`` (the zero frequency is left out);
+    power is ``|rfft|^2 / T`` averaged over any leading axes.
+    """
+    g = np.asarray(signal, dtype=np.float64)
+    n = g.shape[-1]
+    c = g - g.mean(axis=-1, keepdims=True)
+    p = np.abs(np.fft.rfft(c, axis=-1)) ** 2 / n
+    p = p.reshape(-1, p.shape[-1]).mean(axis=0)
+    f = np.fft.rfftfreq(n)
+    return f[1:], p[1:]
+
+
+def spectral_slope(signal: Any) -> float:
+    """Least-squares slope of log power against log frequency (white noise ~0, brown ~-2).
+
+    Spectra of signals along leading axes are averaged first. The fit weighs each octave
+    equally (power averaged in log-spaced bins), so the many high frequencies of a linear
+    grid do not dominate it. NaN for a constant signal.
+    """
+    f, p = power_spectrum(signal)
+    if not np.all(np.isfinite(p)) or p.max() <= 0:
+        return math.nan
+    edges = np.geomspace(f[0], f[-1] * (1 + 1e-9), num=max(3, int(np.log2(len(f))) * 2 + 1))
+    idx = np.digitize(f, edges) - 1
+    lf, lp = [], []
+    for b in range(len(edges)):
+        sel = idx == b
+        if sel.any() and p[sel].mean() > 0:
+            lf.append(np.log10(f[sel]).mean())
+            lp.append(np.log10(p[sel].mean()))
+    if len(lf) < 2:
+        return math.nan
+    slope, _ = np.polyfit(np.asarray(lf), np.asarray(lp), 1)
+    return float(slope)
+
+
+def _batch_statistics(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
+    """Each BN layer's mean and (biased) variance over the batch ``x``, as buffer overrides."""
+    stats: dict[str, Tensor] = {}
+    handles = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(_m: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            z = inputs[0].detach()
+            dims = [0] + list(range(2, z.dim()))
+            stats[f"{name}.running_mean"] = z.mean(dim=dims)
+            stats[f"{name}.running_var"] = z.var(dim=dims, unbiased=False)
+
+        return record
+
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            handles.append(m.register_forward_pre_hook(hook(name)))
+    was_training = model.training
+    try:
+        model.train()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return stats
+
+
+def input_gradient(model: nn.Module, x: Tensor) -> Tensor:
+    """``d out_i / d x_i`` of a 1-input, 1-output net at each point of the batch ``x`` [N, 1].
+
+    BN layers normalise with the statistics of this batch (Balduzzi et al. 2017 feed the
+    256 points as one batch) and those statistics are held fixed for the derivative: it
+    is the derivative of the function the net computes on this batch, point by point.
+    (The gradient of ``sum_j out_j`` through live batch statistics would add, at each
+    point, the sum of N cross terms of order 1/N: BN's backward pass removes the batch
+    mean and the ``x_hat`` component of the incoming gradient, which is O(1), not small.)
+    Any BN running statistics and the model's mode are left as they were.
+    """
+    stats = _batch_statistics(model, x)
+    was_training = model.training
+    try:
+        model.eval()  # BN reads the overridden statistics; dropout is off
+        x = x.detach().clone().requires_grad_(True)
+        out = torch.func.functional_call(model, stats, (x,), strict=False)
+        (grad,) = torch.autograd.grad(out.sum(), x)
+    finally:
+        model.train(was_training)
+    return grad.detach().flatten()
+
+
+# --------------------------------------------------------------------------- the analysis
+
+
+@dataclass
+class ShatteredRow:
+    """One architecture at one depth, over ``inits`` random initialisations."""
+
+    arch: str
+    depth: int
+    gradients: list[list[float]]  # [inits][points]
+    autocorr_mean: list[float]  # lags 0..max_lag
+    autocorr_std: list[float]
+    lag1_mean: float
+    lag1_std: float
+    slope_mean: float
+    slope_std: float
+
+
+@dataclass(repr=False)
+class ShatteredGradients(Result):
+    """Gradients of 1-D nets at equally spaced inputs, their autocorrelation and spectrum."""
+
+    archs: list[str]
+    depths: list[int]
+    x: list[float]
+    rows: list[ShatteredRow]
+    inits: int
+    seed: int
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def row(self, arch: str, depth: int) -> ShatteredRow:
+        for r in self.rows:
+            if r.arch == arch and r.depth == depth:
+                return r
+        raise KeyError(f"no row for arch={arch!r}, depth={depth}")
+
+    def lag1(self, arch: str, depth: int) -> float:
+        """Mean lag-1 autocorrelation of the gradient (1: smooth; 0: white noise)."""
+        return self.row(arch, depth).lag1_mean
+
+    def __repr__(self) -> str:
+        deepest = max(self.depths)
+        parts = ", ".join(f"{a}={self.lag1(a, deepest):.3f}" for a in self.archs)
+        return (
+            f"ShatteredGradients(archs={self.archs}, depths={self.depths}, inits={self.inits}, "
+            f"lag1 at depth {deepest}: {parts})"
+        )
+
+    def summary(self) -> str:
+        lines = [
+            f"shattered gradients (Balduzzi et al. 2017): {len(self.x)} points in "
+            f"[{self.x[0]:g}, {self.x[-1]:g}], mean over {self.inits} inits",
+            f"  {'arch':<22} {'depth':>5} {'lag-1 autocorr':>18} {'spectral slope':>18}",
+        ]
+        for r in self.rows:
+            lines.append(
+                f"  {r.arch:<22} {r.depth:>5} {r.lag1_mean:>9.3f} ± {r.lag1_std:<6.3f}"
+                f" {r.slope_mean:>9.2f} ± {r.slope_std:<6.2f}"
+            )
+        return "\n".join(lines)
+
+    def plot(self, ax: Any = None, kind: str = "lag1") -> Any:
+        """``kind="lag1"``: lag-1 autocorrelation vs depth per arch; ``"acf"``: the
+        autocorrelation functions at the largest depth; ``"gradients"``: one init's
+        gradient at the largest depth (normalised to unit std)."""
+        kinds = ("lag1", "acf", "gradients")
+        if kind not in kinds:
+            raise invalid("kind", kind, kinds)
+        ax = new_axes(ax)
+        deepest = max(self.depths)
+        for i, arch in enumerate(self.archs):
+            color = f"C{i}"
+            if kind == "lag1":
+                rows = [self.row(arch, d) for d in self.depths]
+                ax.errorbar(
+                    self.depths,
+                    [r.lag1_mean for r in rows],
+                    yerr=[r.lag1_std for r in rows],
+                    marker="o",
+                    capsize=3,
+                    color=color,
+                    label=arch,
+                )
+            elif kind == "acf":
+                r = self.row(arch, deepest)
+                ax.plot(range(len(r.autocorr_mean)), r.autocorr_mean, color=color, label=arch)
+            else:
+                g = np.asarray(self.row(arch, deepest).gradients[0])
+                ax.plot(self.x, g / (g.std() or 1.0), color=color, label=arch, lw=0.8)
+        if kind == "lag1":
+            ax.set_xlabel("depth (weight layers)")
+            ax.set_ylabel("lag-1 autocorrelation of d out / d x")
+        elif kind == "acf":
+            ax.set_xlabel("lag (points)")
+            ax.set_ylabel(f"autocorrelation (depth {deepest})")
+        else:
+            ax.set_xlabel("input x")
+            ax.set_ylabel(f"d out / d x, normalised (depth {deepest})")
+        ax.set_title("shattered gradients (Balduzzi et al. 2017)")
+        ax.legend()
+        return ax
+
+
+def _spec_label(spec: ModelSpec) -> str:
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, tuple):
+        name, opts = spec
+        return name + "(" + ", ".join(f"{k}={v}" for k, v in opts.items()) + ")"
+    return getattr(spec, "__name__", type(spec).__name__)
+
+
+def build(spec: ModelSpec, depth: int, **defaults: Any) -> nn.Module:
+    """A model from a registry family name (``"resmlp"`` -> ``resmlp-{depth}``), a
+    ``(name, options)`` pair (options override ``defaults``) or a callable ``depth -> module``."""
+    if isinstance(spec, str):
+        return create_model(f"{spec}-{depth}", **defaults)
+    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
+        return create_model(f"{spec[0]}-{depth}", **{**defaults, **dict(spec[1])})
+    if callable(spec):
+        return spec(depth)
+    raise ValueError(
+        f"invalid model spec {spec!r}: expected a registry family name such as 'resmlp', a "
+        "(name, options) pair, or a callable depth -> nn.Module"
+    )
+
+
+def model_specs(models: Sequence[ModelSpec] | Mapping[str, ModelSpec]) -> dict[str, ModelSpec]:
+    """``{label: spec}`` from a mapping, or from a sequence (labels made from the specs)."""
+    if isinstance(models, Mapping):
+        specs = dict(models)
+    elif isinstance(models, str) or (
+        isinstance(models, tuple) and len(models) == 2 and isinstance(models[1], Mapping)
+    ):
+        specs = {_spec_label(models): models}  # a single spec
+    else:
+        specs = {}
+        for spec in models:
+            specs[_spec_label(spec)] = spec
+    if not specs:
+        raise ValueError("invalid models: expected at least one model")
+    return specs
+
+
+def _check_depths(depths: Sequence[int]) -> list[int]:
+    if isinstance(depths, int):
+        depths = [depths]
+    out = [int(d) for d in depths]
+    if not out:
+        raise ValueError("invalid depths: expected at least one depth")
+    return out
+
+
+def shattered_gradients(
+    models: Sequence[ModelSpec] | Mapping[str, ModelSpec] = ("mlp", "resmlp", "preact-resmlp"),
+    depths: Sequence[int] = (4, 10, 24, 50),
+    *,
+    points: int = 256,
+    span: tuple[float, float] = (-2.0, 2.0),
+    width: int = 200,
+    inits: int = 10,
+    seed: int = 0,
+    max_lag: int = 32,
+    norm: str = "batch",
+    device: str | torch.device = "cpu",
+) -> ShatteredGradients:
+    """Gradients ``d out / d x`` of 1-input, 1-output nets at ``points`` equally spaced
+    inputs in ``span``, plain vs residual, by depth (Balduzzi et al. 2017).
+
+    Args:
+        models: registry family names (``"mlp"``, ``"resmlp"``, ``"preact-resmlp"``: built
+            as ``name-{depth}`` with ``in_channels=1, num_classes=1, hidden=width,
+            norm=norm``), ``(name, options)`` pairs, callables ``depth -> nn.Module``, or a
+            mapping ``{label: spec}``.
+        depths: weight-layer counts (2n+2 for the MLPs; the registry rejects others).
+        width: hidden features (the paper used 200).
+        inits: random initialisations averaged over, seeded ``seed, seed+1, ...``.
+        max_lag: the autocorrelation is reported at lags ``0..max_lag``.
+        norm: the MLPs' norm (``"batch"`` as in the paper, or ``"layer"``, ``"none"``...).
+
+    The global RNG is left untouched (each init runs under ``torch.random.fork_rng``).
+    """
+    points = check_positive_int("points", points)
+    if points < 4:
+        raise invalid("points", points, "must be at least 4")
+    inits = check_positive_int("inits", inits)
+    check_positive_int("width", width)
+    lo, hi = (float(s) for s in span)
+    if not hi > lo:
+        raise invalid("span", span, "must be (low, high) with low < high")
+    if isinstance(max_lag, bool) or not isinstance(max_lag, int) or not 1 <= max_lag < points:
+        raise invalid("max_lag", max_lag, f"must be an integer in [1, {points - 1}]")
+    specs = model_specs(models)
+    depths = _check_depths(depths)
+    defaults = {"in_channels": 1, "num_classes": 1, "hidden": width, "norm": norm}
+    with torch.random.fork_rng(devices=[]):
+        for spec in specs.values():  # bad names / depths fail before any work
+            for d in depths:
+                build(spec, d, **defaults)
+
+    x = torch.linspace(lo, hi, points, device=device)[:, None]  # [points, 1]
+    rows = []
+    for label, spec in specs.items():
+        for depth in depths:
+            grads = []
+            for i in range(inits):
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed + i)
+                    model = build(spec, depth, **defaults).to(device)
+                grads.append(input_gradient(model, x).cpu().double().numpy())
+            g = np.stack(grads)  # [inits, points]
+            acf = autocorrelation(g, max_lag)
+            slopes = np.array([spectral_slope(gi) for gi in g])
+            log.debug("shattered %s depth %d: lag1 %.3f", label, depth, np.nanmean(acf[:, 1]))
+            rows.append(
+                ShatteredRow(
+                    arch=label,
+                    depth=depth,
+                    gradients=g.tolist(),
+                    autocorr_mean=np.nanmean(acf, axis=0).tolist(),
+                    autocorr_std=np.nanstd(acf, axis=0).tolist(),
+                    lag1_mean=float(np.nanmean(acf[:, 1])),
+                    lag1_std=float(np.nanstd(acf[:, 1])),
+                    slope_mean=float(np.nanmean(slopes)),
+                    slope_std=float(np.nanstd(slopes)),
+                )
+            )
+    return ShatteredGradients(
+        archs=list(specs),
+        depths=depths,
+        x=x.flatten().cpu().tolist(),
+        rows=rows,
+        inits=inits,
+        seed=seed,
+        config={
+            "points": points,
+            "span": [lo, hi],
+            "width": width,
+            "max_lag": max_lag,
+            "norm": norm,
+            "models": {k: _spec_label(v) for k, v in specs.items()},
+        },
+    )

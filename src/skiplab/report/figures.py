@@ -1,0 +1,408 @@
+"""The report's figures: matplotlib ``Figure`` objects (Agg, no pyplot state) rendered to PNG
+bytes, embedded in the HTML as data URIs and written as files for the Markdown."""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+DPI = 110
+PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563",
+           "#db2777", "#65a30d", "#a16207")  # fmt: skip
+STYLE = {
+    "font.size": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.titlesize": 10,
+    "legend.fontsize": 8,
+    "legend.frameon": False,
+}
+
+
+# Fixed margins (constrained layout costs a second full draw per figure).
+MARGINS = {"left": 0.11, "right": 0.97, "bottom": 0.15, "top": 0.9, "wspace": 0.3, "hspace": 0.45}
+
+
+@dataclass
+class FigureImage:
+    """One rendered figure: ``name`` is its file stem under figures/."""
+
+    name: str
+    caption: str
+    png: bytes
+
+    def data_uri(self) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
+
+
+def render(
+    name: str, caption: str, draw: Callable[[Figure], None], size: tuple[float, float]
+) -> FigureImage:
+    """Draw on a fresh Figure (no pyplot, so no global figure registry) and return its PNG."""
+    import matplotlib
+
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=size, dpi=DPI)
+        FigureCanvasAgg(fig)
+        draw(fig)
+        if not fig.get_suptitle():
+            fig.subplots_adjust(**MARGINS)
+        else:
+            fig.subplots_adjust(**{**MARGINS, "top": 0.86})
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=DPI)
+    return FigureImage(name, caption, buf.getvalue())
+
+
+def color(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+def _log10(n: int) -> float:
+    return math.log10(n) if n > 0 else float("nan")  # exact for ints of any size
+
+
+# --------------------------------------------------------------------------- path spectra
+
+
+def spectra_figure(spectra: dict[str, dict[str, Any]]) -> FigureImage:
+    def draw(fig: Figure) -> None:
+        ax = fig.add_subplot()
+        for i, (label, sp) in enumerate(spectra.items()):
+            counts = {int(k): int(v) for k, v in (sp.get("counts") or {}).items() if int(v)}
+            ks = sorted(counts)
+            ax.plot(ks, [_log10(counts[k]) for k in ks], marker="o", ms=3, lw=1.5,
+                    color=color(i), label=label)  # fmt: skip
+        ax.set_xlabel("nonlinearities on the path")
+        ax.set_ylabel("log10(number of paths)")
+        ax.set_title("Path spectra: how many paths cross how many nonlinearities")
+        ax.axvline(0, color="0.5", lw=0.8, ls=":")
+        ax.set_ylim(bottom=-0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(loc="best")
+
+    return render(
+        "path-spectra",
+        "Path spectra (exact counts; log10 of the number of paths).",
+        draw,
+        (7.0, 3.6),
+    )
+
+
+def levels_figure(label: str, sp: dict[str, Any], slug: str) -> FigureImage:
+    def draw(fig: Figure) -> None:
+        ax = fig.add_subplot()
+        for i, lv in enumerate(sp.get("levels") or []):
+            counts = {int(k): int(v) for k, v in (lv.get("counts") or {}).items() if int(v)}
+            ks = sorted(counts)
+            if ks:
+                ax.plot(ks, [_log10(counts[k]) for k in ks], marker="o", ms=5, lw=1.5, color=color(i),
+                        label=str(lv.get("name", i)))  # fmt: skip
+        ax.set_ylim(bottom=-0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("nonlinearities on the path")
+        ax.set_ylabel("log10(number of paths)")
+        ax.set_title(f"{label}: paths through each long skip")
+        ax.legend()
+
+    return render(f"levels-{slug}", f"{label}: spectrum of the paths through each long skip (top level first).",
+                  draw, (7.0, 3.0))  # fmt: skip
+
+
+# --------------------------------------------------------------------------- training
+
+
+def curves_figure(slug: str, title: str, curves: dict[str, list[list[dict[str, Any]]]], metric: str,
+                  metric_name: str) -> FigureImage:  # fmt: skip
+    """Learning curves: train loss and the test metric per epoch, mean over seeds (band: ±std)."""
+
+    def draw(fig: Figure) -> None:
+        axes = fig.subplots(1, 2)
+        for ax, key, name in (
+            (axes[0], "train_loss", "train loss"),
+            (axes[1], metric, metric_name),
+        ):
+            for i, (label, histories) in enumerate(curves.items()):
+                epochs = sorted(
+                    {int(h["epoch"]) for hist in histories for h in hist if h.get(key) is not None}
+                )
+                if not epochs:
+                    continue
+                means, stds = [], []
+                for e in epochs:
+                    v = [
+                        float(h[key])
+                        for hist in histories
+                        for h in hist
+                        if int(h.get("epoch", -1)) == e and h.get(key) is not None
+                    ]
+                    m = sum(v) / len(v)
+                    means.append(m)
+                    stds.append(
+                        (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0
+                    )
+                ls = (
+                    ":"
+                    if label.startswith("plain")
+                    else ("--" if label.startswith("resnet") else "-")
+                )
+                ax.plot(epochs, means, marker="o", ms=3, lw=1.5, ls=ls, color=color(i), label=label)
+                if any(stds):
+                    ax.fill_between(epochs, [m - s for m, s in zip(means, stds, strict=True)],
+                                    [m + s for m, s in zip(means, stds, strict=True)], color=color(i), alpha=0.15)  # fmt: skip
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(name)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            lo, hi = ax.get_ylim()
+            if key == "train_loss" and lo > 0 and hi / lo > 20:
+                ax.set_yscale("log")
+        axes[1].legend(loc="best", ncol=1 if len(curves) < 6 else 2)
+        fig.suptitle(title, fontsize=10)
+
+    return render(
+        f"curves-{slug}",
+        f"{title}: learning curves (mean over seeds; band ±1 std).",
+        draw,
+        (8.0, 3.3),
+    )
+
+
+# --------------------------------------------------------------------------- gradient flow
+
+
+def gradflow_figure(by_phase: dict[str, dict[str, list[dict[str, Any]]]]) -> FigureImage:
+    phases = list(by_phase)
+
+    def draw(fig: Figure) -> None:
+        axes = fig.subplots(1, len(phases), squeeze=False)[0]
+        for ax, phase in zip(axes, phases, strict=True):
+            for i, (label, results) in enumerate(by_phase[phase].items()):
+                units = results[0].get("units") or []
+                g = [u.get("grad_norm") or float("nan") for u in units]
+                ax.plot(
+                    range(1, len(g) + 1), g, marker="o", ms=2.5, lw=1.4, color=color(i), label=label
+                )
+            ax.set_yscale("log")
+            ax.set_xlabel("unit (input → output)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel("|dLoss / d unit output|")
+            ax.set_title("at initialisation" if phase == "init" else "after training")
+        axes[-1].legend(loc="best")
+
+    return render("gradient-flow", "Gradient norm at each unit's output (first seed).", draw,
+                  (4.0 * len(phases) + 0.5, 3.3))  # fmt: skip
+
+
+# --------------------------------------------------------------------------- path gradients
+
+
+def pathgrad_figure(by_label: dict[str, list[dict[str, Any]]]) -> FigureImage:
+    from .findings import gradient_share
+
+    def draw(fig: Figure) -> None:
+        ax = fig.add_subplot()
+        for i, (label, results) in enumerate(by_label.items()):
+            res = results[0]
+            share = gradient_share(res)
+            counts = [int(c) for c in res.get("counts") or []]
+            if not share or not counts:
+                continue
+            u = len(counts) - 1
+            ks = range(len(share))
+            ax.plot(ks, share, marker="o", ms=3, lw=1.6, color=color(i), label=f"{label}: gradient")
+            ax.plot(range(len(counts)), [c / 2**u for c in counts], lw=1.0, ls="--", color=color(i),
+                    alpha=0.7, label=f"{label}: share of paths C({u},k)/2^{u}")  # fmt: skip
+        ax.set_xlabel("path length k (residual branches passed)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("share")
+        ax.set_title("Which path lengths carry the gradient (Veit et al. 2016, Fig. 6)")
+        ax.legend(loc="best")
+
+    return render("path-gradients", "Gradient magnitude by path length (solid) against the binomial "
+                  "share of paths of that length (dashed).", draw, (7.0, 3.6))  # fmt: skip
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def identity_figure(res: dict[str, Any]) -> FigureImage:
+    tasks = res.get("tasks") or ["identity"]
+    stats = res.get("stats") or []
+
+    def draw(fig: Figure) -> None:
+        axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+        for ax, task in zip(axes, tasks, strict=True):
+            for i, arch in enumerate(res.get("archs") or []):
+                pts = sorted((s["depth"], s["final_loss_mean"], s.get("final_loss_std") or 0.0)
+                             for s in stats if s["arch"] == arch and s["task"] == task)  # fmt: skip
+                if pts:
+                    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
+                                marker="o", ms=4, lw=1.5, capsize=2, color=color(i), label=arch)  # fmt: skip
+            if res.get("threshold"):
+                ax.axhline(res["threshold"], color="0.4", lw=0.8, ls=":", label="threshold")
+            ax.set_yscale("log")
+            ax.set_xlabel("depth")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel("final loss (MSE per coordinate)")
+            ax.set_title(f"f(x) = {'x' if task == 'identity' else 'Ax'} ({task})")
+        axes[-1].legend(loc="best")
+
+    return render("identity", "Final loss against depth, per architecture (lower is better).", draw,
+                  (4.0 * len(tasks) + 0.5, 3.3))  # fmt: skip
+
+
+# --------------------------------------------------------------------------- lesions
+
+
+def lesion_figure(by_label: dict[str, list[dict[str, Any]]]) -> FigureImage:
+    def draw(fig: Figure) -> None:
+        a1, a2 = fig.subplots(1, 2)
+        for i, (label, results) in enumerate(by_label.items()):
+            res = results[0]
+            single = [s.get("metric") for s in res.get("single") or []]
+            a1.plot(
+                range(1, len(single) + 1),
+                single,
+                marker="o",
+                ms=2.5,
+                lw=1.2,
+                color=color(i),
+                label=label,
+            )
+            a1.axhline(res.get("baseline", float("nan")), color=color(i), lw=0.8, ls=":")
+            ks = res.get("random_k") or []
+            a2.errorbar([k["k"] for k in ks], [k["mean"] for k in ks], yerr=[k.get("std") or 0 for k in ks],
+                        marker="o", ms=3, lw=1.4, capsize=2, color=color(i), label=label)  # fmt: skip
+        metric = next(iter(by_label.values()))[0].get("metric", "metric")
+        a1.set_xlabel("deleted unit")
+        a1.xaxis.set_major_locator(MaxNLocator(integer=True))
+        a2.xaxis.set_major_locator(MaxNLocator(integer=True))
+        a1.set_ylabel(metric)
+        a1.set_title("one unit deleted (dotted: intact)")
+        a2.set_xlabel("units deleted at random (k)")
+        a2.set_ylabel(metric)
+        a2.set_title("k units deleted")
+        a2.legend(loc="best")
+
+    return render("lesions", "Lesions: the metric after deleting residual branches (Veit et al. 2016, Figs. 3-4).",
+                  draw, (8.0, 3.3))  # fmt: skip
+
+
+# --------------------------------------------------------------------------- shattered
+
+
+def shattered_figure(res: dict[str, Any]) -> FigureImage:
+    rows = res.get("rows") or []
+    depths = res.get("depths") or []
+    x = res.get("x") or []
+
+    def draw(fig: Figure) -> None:
+        a1, a2 = fig.subplots(1, 2)
+        for i, arch in enumerate(res.get("archs") or []):
+            pts = sorted(
+                (r["depth"], r["lag1_mean"], r.get("lag1_std") or 0.0)
+                for r in rows
+                if r["arch"] == arch
+            )
+            a1.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", ms=4,
+                        lw=1.5, capsize=2, color=color(i), label=arch)  # fmt: skip
+            deep = next(
+                (r for r in rows if r["arch"] == arch and depths and r["depth"] == max(depths)),
+                None,
+            )
+            if deep and deep.get("gradients") and x:
+                g = deep["gradients"][0]
+                scale = max((abs(v) for v in g if v is not None), default=1.0) or 1.0
+                a2.plot(
+                    x[: len(g)],
+                    [v / scale + 2.2 * i for v in g],
+                    lw=0.9,
+                    color=color(i),
+                    label=arch,
+                )
+        a1.set_xlabel("depth")
+        a1.set_ylabel("lag-1 autocorrelation of the gradient")
+        a1.set_title("correlation of neighbouring gradients")
+        a1.legend(loc="best")
+        a2.set_xlabel("input x")
+        a2.set_yticks([])
+        a2.set_title(
+            f"gradient dy/dx at depth {max(depths) if depths else '?'} (normalised, offset)"
+        )
+
+    return render("shattered", "Shattered gradients (Balduzzi et al. 2017): plain nets' gradients decorrelate with depth.",
+                  draw, (8.0, 3.3))  # fmt: skip
+
+
+# --------------------------------------------------------------------------- landscapes
+
+
+def landscape_figure(by_label: dict[str, list[dict[str, Any]]]) -> FigureImage:
+    items = [(k, v[0]) for k, v in by_label.items()]
+    n = len(items)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+
+    def draw(fig: Figure) -> None:
+        axes = fig.subplots(rows, cols, squeeze=False).ravel()
+        for ax, (label, res) in zip(axes, items, strict=False):
+            coords = res.get("coords") or []
+            vals = res.get("values") or []
+            if res.get("dims") == 2 and vals:
+                z = [
+                    [math.log10(max(v, 1e-12)) if v is not None else float("nan") for v in row]
+                    for row in vals
+                ]
+                cs = ax.contourf(coords, coords, z, levels=14, cmap="viridis")
+                ax.contour(coords, coords, z, levels=14, colors="white", linewidths=0.4, alpha=0.6)
+                fig.colorbar(cs, ax=ax, shrink=0.85, label="log10 loss")
+                ax.plot([0], [0], marker="*", color="red", ms=8)
+                ax.set_aspect("equal")
+                ax.grid(False)
+            elif vals:
+                ax.plot(coords, vals, marker="o", ms=3)
+                ax.set_ylabel("loss")
+            ax.set_title(label)
+            ax.set_xlabel("direction 1")
+        for ax in axes[n:]:
+            ax.set_visible(False)
+
+    return render("landscapes", "Loss landscapes around the trained weights (filter-normalised random directions, "
+                  "Li et al. 2018; red star: trained model).", draw, (3.6 * cols + 0.4, 3.2 * rows))  # fmt: skip
+
+
+def nlc_figure(by_label: dict[str, list[dict[str, Any]]]) -> FigureImage:
+    def draw(fig: Figure) -> None:
+        a1, a2 = fig.subplots(1, 2, width_ratios=[1, 1.4])
+        labels = list(by_label)
+        vals = [[x.get("value") for x in by_label[k] if x.get("value") is not None] for k in labels]
+        means = [sum(v) / len(v) if v else float("nan") for v in vals]
+        a1.barh(range(len(labels)), means, color=[color(i) for i in range(len(labels))])
+        for i, v in enumerate(vals):
+            a1.plot(v, [i] * len(v), "k.", ms=4)
+        a1.set_yticks(range(len(labels)), labels)
+        a1.invert_yaxis()
+        a1.axvline(1.0, color="0.3", lw=0.8, ls=":")
+        a1.set_xlabel("NLC of the whole net (1 = affine)")
+        for i, k in enumerate(labels):
+            units = [u.get("nlc") for u in by_label[k][0].get("per_unit") or []]
+            a2.plot(
+                range(1, len(units) + 1), units, marker="o", ms=2.5, lw=1.2, color=color(i), label=k
+            )
+        a2.set_xlabel("unit")
+        a2.set_ylabel("NLC of the unit")
+        a2.legend(loc="best")
+
+    return render(
+        "nlc", "Nonlinearity coefficient of each trained net and of each unit.", draw, (8.0, 3.2)
+    )

@@ -1,0 +1,133 @@
+"""Loss landscapes (Li et al. 2018): filter normalisation, the centre, a closed form, and the
+batched evaluation against the per-point loop."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import skiplab
+from skiplab.analysis.landscape import LossLandscape, loss_landscape, random_direction
+
+
+def small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 3),
+    )
+
+
+def cls_data(n: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 1, 6, 6, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def test_filter_normalisation_and_biasbn():
+    model = small_cnn()
+    d = random_direction(model, generator=torch.Generator().manual_seed(3))
+    params = dict(model.named_parameters())
+    assert d.keys() == params.keys()
+    for name, w in params.items():
+        if w.dim() <= 1:  # biases and BN scales/shifts: zero with ignore="biasbn"
+            assert torch.count_nonzero(d[name]) == 0, name
+        else:  # every filter (output unit) has its weight filter's norm
+            torch.testing.assert_close(
+                d[name].flatten(1).norm(dim=1), w.detach().flatten(1).norm(dim=1)
+            )
+    d2 = random_direction(model, ignore="none", generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(d2["1.weight"], params["1.weight"].detach())
+
+
+def test_centre_is_the_models_own_loss_and_state_is_restored():
+    model = small_cnn()
+    x, y = cls_data()
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = loss_landscape(model, (x, y), dims=2, steps=3, span=0.5, points_per_batch=4)
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    own = float(F.cross_entropy(out, y))
+    assert res.center_loss == pytest.approx(own, rel=1e-5)
+    assert res.values[1][1] == pytest.approx(own, rel=1e-5)  # odd steps: centre on the grid
+    assert res.center_accuracy == pytest.approx(float((out.argmax(1) == y).float().mean()))
+    assert len(res.values) == 3 and len(res.values[0]) == 3
+    assert res.accuracy is not None and 0.0 <= res.accuracy[0][0] <= 1.0
+
+
+def test_linear_regression_matches_closed_form():
+    # loss(a) = mean((X (w + a d) - y)^2) = mean((r + a X d)^2), r = X w - y: a quadratic.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 5, generator=g, dtype=torch.float64)
+    y = torch.randn(50, 1, generator=g, dtype=torch.float64)
+    model = nn.Linear(5, 1, bias=False).double()
+    res = loss_landscape(model, (x, y), dims=1, steps=7, span=2.0, seed=4)
+    d = random_direction(model, generator=torch.Generator().manual_seed(4))["weight"]
+    w = model.weight.detach()
+    r = x @ w.T - y
+    xd = x @ d.T
+    for a, v in zip(res.coords, res.values, strict=True):
+        expected = float(((r + a * xd) ** 2).mean())
+        assert v == pytest.approx(expected, rel=1e-9)
+    assert res.accuracy is None
+
+
+def test_vmap_equals_loop_and_batches_of_data():
+    model = small_cnn()
+    x, y = cls_data(30)
+    fast = loss_landscape(model, (x, y), dims=2, steps=4, points_per_batch=5, seed=2)
+    slow = loss_landscape(model, (x, y), dims=2, steps=4, method="loop", seed=2)
+    torch.testing.assert_close(torch.tensor(fast.values), torch.tensor(slow.values))
+    torch.testing.assert_close(torch.tensor(fast.accuracy), torch.tensor(slow.accuracy))
+    # The same data as an iterable of uneven batches, and as tensors with batch_size.
+    batches = [(x[:7], y[:7]), (x[7:], y[7:])]
+    it = loss_landscape(model, iter(batches), dims=2, steps=4, seed=2)
+    bs = loss_landscape(model, (x, y), dims=2, steps=4, seed=2, batch_size=8)
+    torch.testing.assert_close(torch.tensor(it.values), torch.tensor(fast.values))
+    torch.testing.assert_close(torch.tensor(bs.values), torch.tensor(fast.values))
+    assert it.num_samples == 30
+
+
+def test_skiplab_resnet_result_contract(tmp_path):
+    model = skiplab.create_model("resnet-20", in_channels=1)
+    x, y = cls_data(8)
+    res = loss_landscape(model, (x, y), dims=1, steps=3, points_per_batch=2)
+    assert isinstance(res, LossLandscape)
+    json.dumps(res.to_dict())
+    assert "LossLandscape(dims=1" in repr(res)
+    assert "Li et al. 2018" in res.summary()
+    ax = res.plot()
+    ax.figure.savefig(tmp_path / "l1.png")
+    res2 = loss_landscape(small_cnn(), cls_data(), dims=2, steps=3)
+    ax = res2.plot()
+    ax.figure.savefig(tmp_path / "l2.png")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"dims": 3}, "dims"),
+        ({"steps": 1}, "steps"),
+        ({"norm": "filters"}, "norm=.*allowed.*'filter'"),
+        ({"ignore": "bn"}, "ignore=.*allowed.*'biasbn'"),
+        ({"span": 0}, "span"),
+    ],
+)
+def test_bad_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        loss_landscape(small_cnn(), cls_data(), **kwargs)

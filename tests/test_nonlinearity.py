@@ -1,0 +1,109 @@
+"""nonlinearity_coefficient: closed forms (affine nets have NLC 1; ReLU on a standard normal
+has sqrt(pi / (pi - 1)); tanh near 0 is linear)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import skiplab
+from skiplab.analysis.nonlinearity import NLC, _jvp_sq_norms, nlc_of, nonlinearity_coefficient
+
+
+def randomise_bn(model: nn.Module) -> None:
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+
+
+def test_affine_net_has_nlc_one() -> None:
+    # Convs + eval-mode BN + identity activations: an affine map, whole and per unit.
+    torch.manual_seed(0)
+    model = skiplab.create_model("resnet-8", width=0.25, act="identity").double()
+    randomise_bn(model)
+    model.train()
+    r = nonlinearity_coefficient(model, torch.randn(8, 3, 6, 6, dtype=torch.float64))
+    assert r.value == pytest.approx(1.0, abs=1e-10)
+    assert len(r.per_unit) == 3
+    assert all(row["nlc"] == pytest.approx(1.0, abs=1e-10) for row in r.per_unit)
+    assert model.training  # mode restored
+
+
+def test_relu_closed_form() -> None:
+    # x ~ N(0, 1), f = relu: J = 1[x > 0], so E tr(J Σ_x J^T) = P(x > 0) = 1/2, and
+    # Var relu(x) = E relu^2 - (E relu)^2 = 1/2 - 1/(2 pi): NLC = sqrt(pi / (pi - 1)).
+    torch.manual_seed(0)
+    x = torch.randn(200_000, 1, dtype=torch.float64)
+    value = nlc_of(torch.relu, x)
+    # The same formula with the sample's own moments holds exactly.
+    var_x = x.var(unbiased=False)
+    frac = (x > 0).double().mean()
+    sample = torch.sqrt(var_x * frac / torch.relu(x).var(unbiased=False))
+    assert value == pytest.approx(float(sample), rel=1e-10)
+    assert value == pytest.approx(math.sqrt(math.pi / (math.pi - 1)), rel=5e-3)
+    r = nonlinearity_coefficient(nn.ReLU(), x[:1000])
+    assert r.per_unit == [] and r.value > 1.1
+
+
+def test_tanh_near_zero_is_linear() -> None:
+    torch.manual_seed(0)
+    x = 1e-3 * torch.randn(32, 3, dtype=torch.float64)
+    assert nlc_of(torch.tanh, x) == pytest.approx(1.0, abs=1e-5)
+    assert nlc_of(torch.tanh, 3 * torch.randn(32, 3, dtype=torch.float64)) > 1.2
+
+
+def test_resmlp_identity_units_and_nonlinear_net() -> None:
+    torch.manual_seed(0)
+    mlp = skiplab.create_model("resmlp-8", act="identity", hidden=8, in_channels=4).double()
+    randomise_bn(mlp)
+    r = nonlinearity_coefficient(mlp, torch.randn(16, 4, dtype=torch.float64))
+    assert [row["nlc"] for row in r.per_unit] == pytest.approx([1.0] * 3, abs=1e-10)
+    relu = skiplab.create_model("resnet-8", width=0.25)
+    assert nonlinearity_coefficient(relu, torch.randn(8, 3, 6, 6)).value > 1.05
+
+
+class NoForwardAD(torch.autograd.Function):
+    """Softplus with a backward rule only: forward-mode AD must fall back to VJPs."""
+
+    @staticmethod
+    def forward(ctx, x):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(x)
+        return nn.functional.softplus(x)
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001, ANN205
+        (x,) = ctx.saved_tensors
+        return g * torch.sigmoid(x)
+
+
+def test_double_backward_fallback_matches_forward_mode(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="skiplab.analysis.nonlinearity")
+    torch.manual_seed(0)
+    x = torch.randn(10, 3, dtype=torch.float64)
+    t = torch.randn(2, 3, dtype=torch.float64)
+    fallback = _jvp_sq_norms(NoForwardAD.apply, x, t, chunk=4)
+    forward = _jvp_sq_norms(nn.functional.softplus, x, t, chunk=4)
+    assert "double-backward" in caplog.text
+    torch.testing.assert_close(fallback, forward, rtol=1e-12, atol=0)
+
+
+def test_result_contract() -> None:
+    torch.manual_seed(0)
+    r = nonlinearity_coefficient(
+        skiplab.create_model("resnet-8", width=0.25), torch.randn(6, 3, 6, 6)
+    )
+    assert isinstance(r, NLC)
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["points"] == 6 and len(d["per_unit"]) == 3
+    assert "NLC(" in repr(r) and "Philipp" in r.summary()
+    assert r.plot().get_ylabel() == "NLC"
+    with pytest.raises(ValueError, match="at least 2"):
+        nlc_of(torch.tanh, torch.randn(1, 3))

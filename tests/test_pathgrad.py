@@ -1,0 +1,172 @@
+"""path_gradients: the parts sum to the input gradient; on a linear net each part is the
+brute-force sum over its 2^U paths (closed form)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import skiplab
+from skiplab.analysis.pathgrad import PathGradients, path_gradients
+
+
+def input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    x = x.clone().requires_grad_(True)
+    out = model(x)
+    loss = F.cross_entropy(out, y) if not y.is_floating_point() else F.mse_loss(out, y)
+    (g,) = torch.autograd.grad(loss, x)
+    return g
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("resnet-8", {}),
+        ("resnet-20", {}),
+        ("preact-resnet-20", {}),
+        ("resnet-8", {"shortcut": "exclusive-gating", "gate_bias": -1.0}),
+        ("resnet-8", {"placement": "bn-after-add", "shortcut": "projection"}),
+    ],
+)
+def test_parts_sum_to_input_gradient(name: str, options: dict) -> None:
+    torch.manual_seed(0)
+    model = skiplab.create_model(name, width=0.25, **options).double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 10, (2,))
+    r = path_gradients(model, x, y, samples=1)
+    units = len(r.units)
+    assert r.parts.shape == (units + 1, *x.shape)
+    torch.testing.assert_close(r.parts.sum(0), input_grad(model, x, y), rtol=1e-10, atol=1e-13)
+    assert r.counts == [math.comb(units, k) for k in range(units + 1)]
+    assert r.per_path_norm is not None and len(r.per_path_norm) == units + 1
+    assert sum(r.total_share) == pytest.approx(1.0)
+    assert sum(r.norm_share) == pytest.approx(1.0)
+
+
+def test_torchvision_resnet18_parts_sum() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5).double()
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    y = torch.tensor([2])
+    r = path_gradients(model, x, y, samples=0)
+    assert len(r.units) == 8 and r.per_path_norm is None and r.total_share is None
+    torch.testing.assert_close(r.parts.sum(0), input_grad(model, x, y), rtol=1e-10, atol=1e-13)
+
+
+class LinearUnit(nn.Module):
+    """out = x + W x: branch Linear, identity shortcut, nothing after the addition."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.branch = nn.Linear(d, d, bias=False)
+        self.shortcut = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.branch(x)
+
+
+class LinearNet(nn.Module):
+    def __init__(self, d: int = 4, units: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Linear(5, d)
+        self.units = nn.Sequential(*(LinearUnit(d) for _ in range(units)))
+        self.head = nn.Linear(d, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.units(self.stem(x)))
+
+
+def test_linear_net_parts_are_brute_force_path_sums() -> None:
+    torch.manual_seed(0)
+    net = LinearNet().double()
+    x = torch.randn(6, 5, dtype=torch.float64)
+    y = torch.randn(6, 2, dtype=torch.float64)  # float target: MSE
+    r = path_gradients(net, x, y, blocks=[f"units.{i}" for i in range(3)], samples=3)
+
+    # dL/d(last unit output) from the head, then every path S: branch W_u^T for u in S,
+    # identity otherwise, then the stem W_s^T.
+    h = net.units(net.stem(x)).detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(F.mse_loss(net.head(h), y), h)
+    ws = [u.branch.weight.detach() for u in net.units]
+    expected = torch.zeros(4, *x.shape, dtype=torch.float64)
+    per_path: list[list[float]] = [[] for _ in range(4)]
+    for s in itertools.product([0, 1], repeat=3):
+        v = g
+        for u in reversed(range(3)):
+            v = v @ ws[u] if s[u] else v
+        v = v @ net.stem.weight.detach()
+        expected[sum(s)] += v
+        per_path[sum(s)].append(float(v.norm()))
+    torch.testing.assert_close(r.parts, expected, rtol=1e-12, atol=1e-14)
+    # samples=3 >= C(3, k): every path is taken, so the per-path means are exact.
+    assert r.per_path_exact == [True] * 4
+    assert r.per_path_norm == pytest.approx([sum(p) / len(p) for p in per_path], rel=1e-12)
+    assert r.norms == pytest.approx([float(e.norm()) for e in expected], rel=1e-12)
+
+
+def test_resmlp_identity_act_matches_brute_force_total() -> None:
+    torch.manual_seed(0)
+    net = skiplab.create_model("resmlp-8", act="identity", norm="none", hidden=6, in_channels=5)
+    net = net.double()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    y = torch.randint(0, 10, (4,))
+    r = path_gradients(net, x, y, samples=0)
+    assert len(r.units) == 3
+    torch.testing.assert_close(r.parts.sum(0), input_grad(net, x, y), rtol=1e-12, atol=1e-14)
+    # Linear units: part k = sum over the C(3, k) products (compare part 3: all branches).
+    h = net.units(net.stem(x)).detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(F.cross_entropy(net.head(h), y), h)
+    for u in reversed(net.units):
+        g = g @ u.branch.conv2.weight.detach() @ u.branch.conv1.weight.detach()
+    g = g @ net.stem.fc.weight.detach()
+    torch.testing.assert_close(r.parts[3], g, rtol=1e-12, atol=1e-14)
+
+
+def test_plain_net_raises_naming_blocks() -> None:
+    model = skiplab.create_model("plain-8", width=0.25)
+    with pytest.raises(ValueError, match=r"blocks=\[\.\.\.\]"):
+        path_gradients(model, torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))
+
+
+class Bypass(LinearNet):
+    """The head also reads the first unit's output: the units do not form a chain."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h0 = self.units[0](self.stem(x))
+        return self.head(self.units[2](self.units[1](h0)) + h0)
+
+
+def test_units_that_are_not_a_chain_raise() -> None:
+    net = Bypass()
+    with pytest.raises(ValueError, match="chain"):
+        path_gradients(
+            net, torch.randn(2, 5), torch.randn(2, 2), blocks=["units.0", "units.1", "units.2"]
+        )
+
+
+def test_mode_restored_grads_untouched_result_contract() -> None:
+    torch.manual_seed(0)
+    model = skiplab.create_model("resnet-8", width=0.25)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    r = path_gradients(model, torch.randn(2, 3, 8, 8), torch.tensor([1, 2]))
+    assert model.training and all(m.training for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert isinstance(r, PathGradients)
+    d = r.to_dict()
+    assert "parts" not in d and json.loads(json.dumps(d))["counts"] == [1, 3, 3, 1]
+    assert "PathGradients(" in repr(r) and "Veit" in r.summary()
+    lo, hi = r.effective_lengths(1.0)
+    assert (lo, hi) == (0, 3) or sum(r.total_share[lo : hi + 1]) >= 1.0 - 1e-9
+    ax = r.plot()
+    assert ax.get_xlabel().startswith("path length")

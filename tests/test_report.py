@@ -1,0 +1,211 @@
+"""The study report: built from a store filled by the real analyses on tiny models, checked
+for self-containedness, findings computed from the stored numbers, the Markdown twin, and
+rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from skiplab import analysis as A
+from skiplab.models import create_model
+from skiplab.report import write_report
+from skiplab.report.findings import big
+from skiplab.study.store import Store
+
+MODELS = ("plain-8", "resnet-8", "preact-resnet-8")
+SEEDS = (0, 1)
+
+
+def _record(group: str, name: str, seed: int, label: str = "", options: dict | None = None) -> dict:
+    return {
+        "group": group, "model": {"name": name, "options": options or {}, "label": label}, "data": "digits",
+        "data_options": {}, "seed": seed, "recipe": {"preset": "quick", "epochs": 2}, "analyses_init": [],
+        "analyses_trained": [], "analysis_options": {}, "subset": None, "label": label or name,
+    }  # fmt: skip
+
+
+def _analyses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> list:
+    model.eval()
+    out: list[tuple[str, str, dict[str, Any], str]] = []
+
+    def add(phase: str, kind: str, fn: Any) -> None:
+        try:
+            res = fn()
+        except ValueError as err:  # e.g. path gradients of a plain net: recorded as skipped
+            out.append((phase, kind, {"skipped": str(err)}, f"skipped: {err}"))
+            return
+        out.append((phase, kind, res.to_dict(), res.summary()))
+
+    add("init", "paths", lambda: A.path_spectrum(model, x[:1]))
+    add("init", "gradflow", lambda: A.gradient_flow(model, x, y))
+    add("trained", "gradflow", lambda: A.gradient_flow(model, x, y))
+    add("trained", "pathgrad", lambda: A.path_gradients(model, x[:8], y[:8], seed=seed, samples=2))
+    add("trained", "lesion", lambda: A.lesion(model, (x, y), seed=seed, draws=2))
+    add("trained", "nlc", lambda: A.nonlinearity_coefficient(model, x[:8]))
+    add(
+        "trained",
+        "landscape",
+        lambda: A.loss_landscape(model, (x[:16], y[:16]), seed=seed, dims=2, steps=3),
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("study")
+    store = Store(folder)
+    spec = {
+        "name": "tiny-why-skip", "description": "A tiny study for the report test.", "seeds": list(SEEDS),
+        "reproduces": "He et al. 2015, Table 6",
+        "report": {"published": [
+            {"label": "resnet-8", "metric": "test_error", "value": 8.75, "source": "He et al. 2015, Table 6"},
+            {"label": "resnet-110", "metric": "test_error", "value": 6.43, "source": "He et al. 2015, Table 6"},
+        ]},
+    }  # fmt: skip
+    store.set_meta("spec", spec)
+    store.set_meta("provenance", {"skiplab": "0.1.0", "git_commit": "abc123", "device": "cpu"})
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
+    for seed in SEEDS:
+        for i, name in enumerate(MODELS):
+            torch.manual_seed(seed)
+            model = create_model(name, in_channels=1, num_classes=10)
+            # plain-8 ends with the highest train loss, so the degradation sentence has a known answer
+            loss = 2.0 - 0.1 * i - 0.01 * seed
+            history = [{"epoch": e, "train_loss": loss + 0.5 / e, "test_acc": 0.5 + 0.1 * e + 0.01 * seed}
+                       for e in (1, 2)]  # fmt: skip
+            rid = f"degradation/{name}/digits/s{seed}"
+            store.add_run(rid, "run", _record("degradation", name, seed))
+            store.finish(rid, "finished", metrics=history[-1], history=history,
+                         results=_analyses(model, x, y, seed), duration_s=1.5)  # fmt: skip
+    store.add_run("degradation/plain-14/digits/s0", "run", _record("degradation", "plain-14", 0))
+    store.finish("degradation/plain-14/digits/s0", "failed",
+                 error="RuntimeError: boom in the test\nTraceback (most recent call last): ...", duration_s=0.2)  # fmt: skip
+    unet = create_model("unet", depth=2, base_width=4).eval()
+    spectra = {
+        label: A.path_spectrum(m, torch.randn(1, 1, 16, 16)).to_dict()
+        for label, m in (("resnet-8", create_model("resnet-8", in_channels=1).eval()),
+                         ("preact-resnet-8", create_model("preact-resnet-8", in_channels=1).eval()), ("unet", unet))
+    }  # fmt: skip
+    store.add_run("experiment/spectra", "experiment", {"name": "spectra", "kind": "paths", "models": [],
+                                                        "input": None, "options": {}})  # fmt: skip
+    store.finish(
+        "experiment/spectra", "finished", results=[("experiment", "paths", {"models": spectra}, "")]
+    )
+    sh = A.shattered_gradients(depths=[4, 6], inits=1, width=16)
+    store.add_run("experiment/shattered", "experiment", {"name": "shattered", "kind": "shattered",
+                                                          "models": [], "input": None, "options": {}})  # fmt: skip
+    store.finish(
+        "experiment/shattered", "finished", results=[("experiment", "shattered", sh.to_dict(), "")]
+    )
+    ident = A.identity_task(depths=[4], steps=10, log_every=5, eval_points=32)
+    store.add_run("experiment/identity", "experiment", {"name": "identity", "kind": "identity",
+                                                         "models": [], "input": None, "options": {}})  # fmt: skip
+    store.finish(
+        "experiment/identity", "finished", results=[("experiment", "identity", ident.to_dict(), "")]
+    )
+    write_report(store, folder)
+    store.close()
+    return folder
+
+
+def _stored(folder: Path, run_id: str, phase: str, kind: str) -> dict:
+    store = Store(folder)
+    try:
+        return next(
+            r["result"] for r in store.results(run_id) if (r["phase"], r["kind"]) == (phase, kind)
+        )
+    finally:
+        store.close()
+
+
+def test_html_is_self_contained(study: Path) -> None:
+    page = (study / "report.html").read_text()
+    refs = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']""", page)
+    assert refs, "expected embedded figures and a table of contents"
+    assert all(r.startswith(("data:image/png;base64,", "#")) for r in refs), [r[:40] for r in refs]
+    assert "http://" not in page and "https://" not in page
+    assert "<script" not in page and "<link" not in page and "@import" not in page
+    assert page.count("data:image/png;base64,") >= 8
+
+
+def test_findings_come_from_the_numbers(study: Path) -> None:
+    page = (study / "report.html").read_text()
+    spectra = _stored(study, "experiment/spectra", "experiment", "paths")["models"]
+    r, p = spectra["resnet-8"], spectra["preact-resnet-8"]
+    assert f"The shortest path in resnet-8 crosses {r['min']} nonlinearities" in page
+    assert f"in preact-resnet-8, {p['min']}" in page
+    assert big(int(r["total"])) in page
+    levels = [str(lv["min"]) for lv in spectra["unet"]["levels"]]
+    assert (
+        f"In unet the paths through the long skips cross {', '.join(levels)} nonlinearities" in page
+    )
+    # the plain net was given the highest train loss: the residual nets beat it at depth 8
+    assert "At depth 8 the residual nets reach a lower train loss than plain-8" in page
+    assert "±" in page  # two seeds: mean ± std
+    nlc = _stored(study, "degradation/resnet-8/digits/s0", "trained", "nlc")["value"]
+    assert f"{nlc:.3g}" in page or "resnet-8" in page
+    # published vs measured, with a label that was not run
+    assert "Published vs measured" in page and "not run" in page and "8.75" in page
+    # failed run and skipped analyses are shown
+    assert "RuntimeError: boom in the test" in page
+    assert "no residual units found" in page
+    assert "abc123" in page and "Provenance" in page
+
+
+def test_markdown_twin(study: Path) -> None:
+    md = (study / "report.md").read_text()
+    figs = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", md)
+    assert len(figs) >= 8
+    for f in figs:
+        png = study / f
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "The shortest path in resnet-8 crosses" in md
+    assert not list((study / "figures").glob("*.tmp"))
+
+
+def test_partial_store_never_crashes(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.add_run("g/resnet-8/digits/s0", "run", _record("g", "resnet-8", 0))
+    store.finish("g/resnet-8/digits/s0", "failed", error="ValueError: bad", duration_s=None)
+    store.add_run("g/resnet-8/digits/s1", "run", _record("g", "resnet-8", 1))  # still pending
+    store.add_run("g/plain-8/digits/s0", "run", _record("g", "plain-8", 0))
+    store.finish("g/plain-8/digits/s0", "finished", metrics={"train_loss": 1.0}, history=[],
+                 results=[("trained", "landscape", {"dims": 2, "values": "garbage"}, "")])  # fmt: skip
+    path = write_report(store, tmp_path)
+    page = path.read_text()
+    assert "ValueError: bad" in page and "pending" in page
+    assert (tmp_path / "report.md").is_file()
+
+
+CHROMIUM = (
+    shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+)
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Chromium is not installed (CI installs it: apt-get install chromium)"
+)
+def test_renders_in_chromium(study: Path, tmp_path: Path) -> None:
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--no-first-run", "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+             "--enable-logging=stderr", "--v=0"]  # fmt: skip
+    url = (study / "report.html").as_uri()
+    shot = tmp_path / "report.png"
+    run = subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1280,2000", url],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert shot.is_file() and shot.stat().st_size > 50_000, run.stderr[-2000:]
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "Is there a path without a nonlinearity?" in dom.stdout
+    bad = [line for line in dom.stderr.splitlines() + run.stderr.splitlines()
+           if "CONSOLE" in line or "Uncaught" in line or "net::ERR" in line]  # fmt: skip
+    assert not bad, bad

@@ -1,0 +1,110 @@
+"""Shattered gradients (Balduzzi et al. 2017): the helpers on signals with known answers,
+and plain vs residual nets at small sizes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from skiplab.analysis.shattered import (
+    ShatteredGradients,
+    autocorrelation,
+    input_gradient,
+    shattered_gradients,
+    spectral_slope,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny nets: threads only add overhead on a shared 2-core machine.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_white_noise():
+    w = np.random.default_rng(0).standard_normal((64, 256))
+    acf = autocorrelation(w, 5)
+    assert acf.shape == (64, 6)
+    np.testing.assert_allclose(acf[:, 0], 1.0)
+    assert np.all(np.abs(acf[:, 1:].mean(axis=0)) < 0.03)
+    assert abs(spectral_slope(w)) < 0.2
+
+
+def test_brown_noise():
+    b = np.cumsum(np.random.default_rng(1).standard_normal((64, 256)), axis=1)
+    assert -2.3 < spectral_slope(b) < -1.7
+    assert autocorrelation(b, 1)[:, 1].mean() > 0.9
+
+
+def test_known_autocorrelation_and_constant():
+    # Alternating signal: lag-1 autocorrelation close to -1; a constant has none (NaN).
+    alt = np.tile([1.0, -1.0], 64)
+    assert autocorrelation(alt, 2)[1] == pytest.approx(-1.0, abs=0.01)
+    assert np.isnan(autocorrelation(np.ones(32), 2)).all()
+    with pytest.raises(ValueError, match="max_lag"):
+        autocorrelation(np.ones(8), 8)
+
+
+def test_linear_net_has_constant_gradient():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(1, 8), nn.Linear(8, 8), nn.Linear(8, 1))
+    x = torch.linspace(-2, 2, 64)[:, None]
+    g = input_gradient(net, x)
+    expected = (net[2].weight @ net[1].weight @ net[0].weight).item()
+    torch.testing.assert_close(g, torch.full((64,), expected))
+
+
+def test_input_gradient_with_batch_norm_is_pointwise():
+    # With BN, the gradient holds the batch statistics fixed: it matches a finite
+    # difference of the net in eval mode with its running stats set to the batch's.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(1, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 1))
+    x = torch.linspace(-2, 2, 32, dtype=torch.float64)[:, None]
+    net = net.double()
+    g = input_gradient(net, x)
+    with torch.no_grad():
+        h = net[0](x)
+        net[1].running_mean.copy_(h.mean(0))
+        net[1].running_var.copy_(h.var(0, unbiased=False))
+        net.eval()
+        eps = 1e-6
+        fd = ((net(x + eps) - net(x - eps)) / (2 * eps)).flatten()
+    torch.testing.assert_close(g, fd, rtol=1e-5, atol=1e-7)
+
+
+def test_plain_shatters_faster_than_resnet():
+    res = shattered_gradients(
+        ("mlp", "resmlp", "preact-resmlp"), (4, 10), points=128, width=64, inits=4, seed=0
+    )
+    assert isinstance(res, ShatteredGradients)
+    plain, post, pre = (res.lag1(a, 10) for a in ("mlp", "resmlp", "preact-resmlp"))
+    assert plain < post and plain < pre
+    assert res.lag1("mlp", 10) < res.lag1("mlp", 4)  # plain nets decorrelate with depth
+    row = res.row("mlp", 10)
+    assert len(row.gradients) == 4 and len(row.gradients[0]) == 128
+    assert len(row.autocorr_mean) == 33 and row.autocorr_mean[0] == pytest.approx(1.0)
+    json.dumps(res.to_dict())
+    assert "ShatteredGradients(" in repr(res)
+    assert "Balduzzi" in res.summary()
+    for kind in ("lag1", "acf", "gradients"):
+        assert res.plot(kind=kind) is not None
+    # The global RNG is left alone.
+    torch.manual_seed(5)
+    a = torch.rand(1)
+    torch.manual_seed(5)
+    shattered_gradients(["mlp"], [4], points=16, width=8, inits=1, max_lag=4)
+    assert torch.equal(torch.rand(1), a)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="unknown model"):
+        shattered_gradients(["nosuchnet"], [4], inits=1)
+    with pytest.raises(ValueError, match="depth"):
+        shattered_gradients(["mlp"], [5], inits=1)

@@ -1,0 +1,239 @@
+"""Studies: spec validation, a quick study end to end, resume after a real kill, locking."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from skiplab.cli import app
+from skiplab.study import SpecError, list_builtin, load_spec, parse_spec, run_study
+from skiplab.study.store import Store, study_lock
+
+runner = CliRunner()
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+TINY = {
+    "name": "tiny",
+    "seeds": [0],
+    "recipe": {"preset": "quick", "epochs": 1, "batch_size": 64},
+    "groups": [
+        {
+            "name": "g",
+            "data": "digits",
+            "subset": {"n_train": 128, "n_test": 64},
+            "models": [
+                "plain-8",
+                "resnet-8",
+                {
+                    "name": "resnet-8",
+                    "label": "resnet-8 (B)",
+                    "options": {"shortcut": "projection"},
+                },
+            ],
+            "analyses": {"init": ["gradflow"], "trained": ["pathgrad", "lesion"]},
+            "analysis_options": {"lesion": {"draws": 2}, "pathgrad": {"batch": 4}},
+        }
+    ],
+    "experiments": [{"kind": "paths", "models": ["resnet-8", "preact-resnet-8"]}],
+}
+
+
+def write_spec(tmp_path: Path, spec: dict) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("patch", "needle"),
+    [
+        ({"nmae": "x"}, "nmae: unknown field (did you mean 'name'?)"),
+        ({"seeds": ["a"]}, "seeds: expected a non-empty list of integers"),
+        ({"recipe": {"preset": "quick", "lr": -1}}, "recipe: invalid recipe.lr"),
+        (
+            {"groups": [{**TINY["groups"][0], "data": "imagenet"}]},
+            "groups[0].data: unknown data set 'imagenet'",
+        ),
+        (
+            {"groups": [{**TINY["groups"][0], "models": ["resnet-21"]}]},
+            "groups[0].models[0]: resnet-21: invalid depth=21",
+        ),
+        (
+            {
+                "groups": [
+                    {
+                        **TINY["groups"][0],
+                        "models": [{"name": "resnet-8", "options": {"plcement": "x"}}],
+                    }
+                ]
+            },
+            "did you mean 'placement'",
+        ),
+        (
+            {"groups": [{**TINY["groups"][0], "analyses": {"trained": ["lesions"]}}]},
+            "groups[0].analyses.trained[0]: unknown analysis 'lesions' (did you mean 'lesion'?)",
+        ),
+        ({"groups": [{**TINY["groups"][0], "grid": {"placement": "original"}}]}, "groups[0].grid"),
+        (
+            {"experiments": [{"kind": "spectra"}]},
+            "experiments[0].kind: unknown experiment 'spectra'",
+        ),
+        ({"groups": [], "experiments": []}, "at least one group or experiment"),
+    ],
+)
+def test_bad_spec_names_the_field(patch: dict, needle: str) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_spec({**TINY, **patch})
+    assert needle in str(err.value)
+
+
+def test_bad_spec_in_cli_is_exit_2_and_writes_nothing(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, {**TINY, "seeds": "zero"})
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["study", str(spec), "--out", str(out)])
+    assert result.exit_code == 2
+    assert "seeds: expected a non-empty list" in result.stderr and "\n" not in result.stderr.strip()
+    assert not out.exists()
+    (tmp_path / "broken.yaml").write_text("name: [unclosed")
+    result = runner.invoke(app, ["study", str(tmp_path / "broken.yaml"), "--out", str(out)])
+    assert result.exit_code == 2 and "not valid YAML" in result.stderr
+    result = runner.invoke(app, ["study", "no-such-study", "--out", str(out)])
+    assert result.exit_code == 2 and "why-skip" in result.stderr
+
+
+def test_grid_and_quick_expand() -> None:
+    spec = parse_spec(
+        {
+            **TINY,
+            "groups": [{**TINY["groups"][0], "grid": {"placement": ["original", "full-preact"]}}],
+        }
+    )
+    runs = spec.runs()
+    assert len(runs) == 6 and {r.model.options.get("placement") for r in runs} == {
+        "original",
+        "full-preact",
+    }
+    full, quick = load_spec("why-skip"), load_spec("why-skip", quick=True)
+    assert len(quick.runs()) < len(full.runs()) and quick.seeds == [0]
+    assert set(list_builtin()) >= {"why-skip", "he2015-degradation", "he2016-table1", "he2016-table2",
+                                   "veit-lesion", "li2018-landscape", "unet-skips"}  # fmt: skip
+
+
+def test_quick_study_end_to_end_and_rerun_redoes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    store = run_study(parse_spec(TINY), out)
+    runs = store.runs()
+    assert [r["status"] for r in runs] == ["finished"] * 4
+    results = {(x["run_id"], x["phase"], x["kind"]): x for x in store.results()}
+    plain_pathgrad = results[("g/plain-8/digits/s0", "trained", "pathgrad")]["result"]
+    assert "skipped" in plain_pathgrad  # a plain net has no residual units: recorded, not failed
+    assert "skipped" not in results[("g/resnet-8/digits/s0", "trained", "pathgrad")]["result"]
+    doc = json.loads((out / "results.json").read_text())
+    assert {r["id"] for r in doc["runs"]} == {r["id"] for r in runs}
+    assert all("test_acc" in r["metrics"] for r in doc["runs"] if r["kind"] == "run")
+    assert (out / "report.html").exists() and (out / "report.md").exists()
+    finished = {r["id"]: r["finished"] for r in runs}
+    store.close()
+    store = run_study(parse_spec(TINY), out)  # nothing left to do
+    assert {r["id"]: r["finished"] for r in store.runs()} == finished
+    assert all(r["attempts"] == 1 for r in store.runs())
+
+
+def test_failed_run_is_recorded_and_study_goes_on(tmp_path: Path) -> None:
+    spec = {
+        **TINY,
+        "groups": [
+            {**TINY["groups"][0], "models": ["resnet-8"], "data_options": {"test_size": 5.0}}
+        ],
+    }
+    store = run_study(parse_spec(spec), tmp_path / "s")
+    runs = {r["id"]: r for r in store.runs()}
+    assert runs["experiment/paths"]["status"] == "finished"
+    assert runs["g/resnet-8/digits/s0"]["status"] == "failed"
+    assert "test_size" in runs["g/resnet-8/digits/s0"]["error"]
+    assert "failed" in (tmp_path / "s" / "report.html").read_text()
+
+
+def test_second_process_on_same_folder_is_refused(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, TINY)
+    out = tmp_path / "out"
+    with study_lock(out):
+        result = runner.invoke(app, ["study", str(spec), "--out", str(out)])
+    assert result.exit_code == 2 and "another skiplab study" in result.stderr
+
+
+def test_different_spec_in_same_folder_is_refused(tmp_path: Path) -> None:
+    run_study(
+        parse_spec({**TINY, "groups": [], "experiments": TINY["experiments"]}), tmp_path / "s"
+    )
+    with pytest.raises(ValueError, match="different spec"):
+        run_study(parse_spec(TINY), tmp_path / "s")
+
+
+def test_study_resumes_after_sigkill(tmp_path: Path) -> None:
+    """Kill a study mid-run with SIGKILL; the restart redoes only the unfinished run."""
+    spec = {**TINY, "recipe": {"preset": "quick", "epochs": 3, "batch_size": 32},
+            "groups": [{**TINY["groups"][0], "subset": {"n_train": 512, "n_test": 64}, "analyses": {}}],
+            "experiments": []}  # fmt: skip
+    path = write_spec(tmp_path, spec)
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "skiplab", "study", str(path), "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    killed_during = None
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "study.db").exists():
+            try:
+                db = sqlite3.connect(out / "study.db", timeout=1)
+                rows = dict(db.execute("SELECT id, status FROM runs").fetchall())
+                db.close()
+            except sqlite3.Error:
+                rows = {}
+            if list(rows.values()).count("finished") >= 1 and "running" in rows.values():
+                killed_during = next(k for k, v in rows.items() if v == "running")
+                time.sleep(0.3)
+                break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert killed_during is not None, "the study finished before it could be killed"
+    before = Store.open_existing(out).runs()
+    done_before = {r["id"]: r["finished"] for r in before if r["status"] == "finished"}
+    result = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    after = {r["id"]: r for r in Store.open_existing(out).runs()}
+    assert all(r["status"] == "finished" for r in after.values())
+    for run_id, finished in done_before.items():  # finished runs were never redone
+        assert after[run_id]["finished"] == finished and after[run_id]["attempts"] == 1
+    assert after[killed_during]["attempts"] == 2  # the half-written run was redone cleanly
+
+
+def test_report_command_rerenders(tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    run_study(parse_spec({**TINY, "groups": [], "experiments": TINY["experiments"]}), out).close()
+    (out / "report.html").unlink()
+    result = runner.invoke(app, ["report", str(out)])
+    assert result.exit_code == 0 and (out / "report.html").exists()
+    result = runner.invoke(app, ["report", str(tmp_path / "nothing")])
+    assert result.exit_code == 2 and "holds no study" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "name", ["he2015-degradation", "he2016-table2", "veit-lesion", "li2018-landscape", "unet-skips"]
+)
+def test_builtin_full_scale_specs_run_with_tiny_overrides(tmp_path: Path, name: str) -> None:
+    spec = load_spec(name, quick=True)
+    store = run_study(spec, tmp_path / name)
+    assert all(r["status"] == "finished" for r in store.runs()), [r["error"] for r in store.runs()]
+    full = load_spec(name)
+    assert full.reproduces and all(r.data != "digits" for r in full.runs())
