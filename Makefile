@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/skiplab demo
+	$(VENV)/bin/skiplab study
 
 test: setup
 	$(PY) -m pytest -q

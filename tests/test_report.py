@@ -156,7 +156,7 @@ def test_findings_come_from_the_numbers(study: Path) -> None:
     assert "Published vs measured" in page and "not run" in page and "8.75" in page
     # failed run and skipped analyses are shown
     assert "RuntimeError: boom in the test" in page
-    assert "no residual units found" in page
+    assert "is a plain net" in page
     assert "abc123" in page and "Provenance" in page
 
 

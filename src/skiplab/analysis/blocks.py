@@ -146,6 +146,12 @@ def find_units(
         v for v in views if not any(v.name.startswith(o.name + ".") for o in views if o is not v)
     ]
     if not views and required:
+        if any(isinstance(m, ResidualUnit) for m in model.modules()):
+            raise ValueError(
+                f"{type(model).__name__} is a plain net: its units have no shortcut "
+                "(shortcut='none'), so there are no residual units to analyse; units of "
+                "other kinds can be named with blocks=[...]"
+            )
         raise ValueError(
             f"no residual units found in {type(model).__name__}: skiplab finds its own units and "
             "torchvision's BasicBlock/Bottleneck; name others with blocks=[...] (modules with "

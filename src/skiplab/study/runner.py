@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .spec import ExperimentSpec, ModelSpec, RunSpec, StudySpec
-from .store import Store, study_lock
+from .store import LOCK_NAME, Store, study_lock
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,11 @@ def run_study(
     from ..provenance import provenance
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "study.db").exists():
+    if (
+        out_dir.exists()
+        and any(p.name != LOCK_NAME for p in out_dir.iterdir())
+        and not (out_dir / "study.db").exists()
+    ):
         raise ValueError(f"{out_dir} is not empty and holds no study; choose a new or empty --out")
     with study_lock(out_dir):
         store = Store(out_dir)
