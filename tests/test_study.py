@@ -229,7 +229,15 @@ def test_report_command_rerenders(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["he2015-degradation", "he2016-table2", "veit-lesion", "li2018-landscape", "unet-skips"]
+    "name",
+    [
+        "he2015-degradation",
+        "he2016-table1",
+        "he2016-table2",
+        "veit-lesion",
+        "li2018-landscape",
+        "unet-skips",
+    ],
 )
 def test_builtin_full_scale_specs_run_with_tiny_overrides(tmp_path: Path, name: str) -> None:
     spec = load_spec(name, quick=True)

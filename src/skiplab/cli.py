@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -165,9 +166,6 @@ def summary_cmd(
     Console().print(table)
 
 
-EMBEDDED = ("digits", "shapes")
-
-
 def default_out(name: str, data: str, seed: int) -> Path:
     return Path("runs") / f"{name}-{data}-s{seed}"
 
@@ -181,7 +179,7 @@ def train_cmd(
     recipe: str = typer.Option(
         None,
         "--recipe",
-        help="preset: quick (default on embedded data), he2015-cifar, he2016-cifar, ...",
+        help="preset: quick (digits), quick-seg (shapes), he2015-cifar, he2016-cifar (default elsewhere)",
     ),
     recipe_file: Path = typer.Option(None, "--recipe-file", help="YAML file of recipe fields"),
     epochs: int = typer.Option(None, "--epochs"),
@@ -228,7 +226,8 @@ def train_cmd(
             raise ValueError(f"cannot read --recipe-file {recipe_file}: {err}") from None
         rec = from_dict({**(fields or {}), **overrides})
     else:
-        rec = get_recipe(recipe or ("quick" if data in EMBEDDED else "he2016-cifar"), **overrides)
+        default = {"digits": "quick", "shapes": "quick-seg"}.get(data, "he2016-cifar")
+        rec = get_recipe(recipe or default, **overrides)
     dataset = load_dataset(data, data_dir=data_dir)
     for key, value in data_options(name, dataset.input_shape, dataset.num_classes).items():
         options.setdefault(key, value)
@@ -382,7 +381,9 @@ def study_cmd(
     spec: str = typer.Argument(None, help="study YAML file or built-in name (default: why-skip)"),
     out: Path = typer.Option(None, "--out", help="study folder (default studies/NAME[-quick])"),
     quick: bool = typer.Option(False, "--quick", help="fewer seeds and epochs"),
-    workers: int = typer.Option(1, "--workers", help="runs at once (processes)"),
+    workers: int = typer.Option(
+        0, "--workers", help="runs at once (processes); 0: one per core (max 4) on CPU, 1 on GPU"
+    ),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto"),
     data_dir: Path = typer.Option(None, "--data-dir", help="where downloaded data sets live"),
     executor: str = typer.Option("local", "--executor", help="local or ray"),
@@ -396,13 +397,17 @@ def study_cmd(
     from .study import load_spec, run_study
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    if workers < 1:
-        raise ValueError(f"invalid --workers {workers}: must be at least 1")
+    if workers < 0:
+        raise ValueError(f"invalid --workers {workers}: must be 0 (auto) or a positive number")
     if executor not in ("local", "ray"):
         raise ValueError(f"invalid --executor {executor!r}; allowed: 'local', 'ray'")
     if address is not None and executor != "ray":
         raise ValueError("--address only applies to --executor ray")
     study = load_spec(spec, quick=quick)
+    if workers == 0:
+        from .study.runner import auto_workers
+
+        workers = auto_workers(device)
     out_dir = out or Path("studies") / (study.name + ("-quick" if quick else ""))
     ex = None
     if executor == "ray":
@@ -483,6 +488,15 @@ def demo_cmd() -> None:
 
 
 def main() -> None:
+    import warnings
+
+    # torch.func raises this from inside torch; it says nothing about the user's work.
+    warnings.filterwarnings(
+        "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
+    )
+    os.environ.setdefault(
+        "PYTHONWARNINGS", "ignore:`torch.jit.script` is deprecated:FutureWarning"
+    )  # workers
     try:
         app()
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import time
 import traceback
@@ -165,15 +166,37 @@ class LocalExecutor:
 
 
 class _JobFn:
-    """Picklable job function for worker processes."""
+    """Picklable job function for worker processes (``threads``: torch threads per worker,
+    so that N single-run workers share the cores instead of oversubscribing them)."""
 
-    def __init__(self, study_dir: str, device: str, data_dir: str | None) -> None:
-        self.study_dir, self.device, self.data_dir = study_dir, device, data_dir
+    def __init__(
+        self, study_dir: str, device: str, data_dir: str | None, threads: int | None = None
+    ) -> None:
+        self.study_dir, self.device, self.data_dir, self.threads = (
+            study_dir,
+            device,
+            data_dir,
+            threads,
+        )
 
     def __call__(self, job: Job) -> dict[str, Any]:
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
         if job.kind == "run":
             return execute_run(job.record, self.study_dir, self.device, self.data_dir)
         return execute_experiment(job.record, self.device)
+
+
+def auto_workers(device: str) -> int:
+    """Runs at once when not given: one per core (at most 4) on the CPU, where small nets
+    use single-threaded processes better than one multi-threaded one; 1 on a GPU."""
+    import torch
+
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        return 1
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def run_study(
@@ -238,10 +261,13 @@ def run_study(
                 bar[0].advance(bar[1])
 
         ex = executor or LocalExecutor(workers)
+        threads = (
+            max(1, (os.cpu_count() or 1) // workers) if workers > 1 and executor is None else None
+        )
         try:
             ex.map(
                 todo,
-                _JobFn(str(out_dir), device, str(data_dir) if data_dir else None),
+                _JobFn(str(out_dir), device, str(data_dir) if data_dir else None, threads),
                 on_start,
                 on_done,
             )

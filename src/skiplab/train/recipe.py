@@ -142,7 +142,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         epochs=164,
         schedule="step",
         milestones=(0.5, 0.75),
-    ),  # fmt: skip
+    ),
     # The same, with the 0.01 warm-up He et al. 2015 used for ResNet-110 (about 400 iterations).
     "he2015-cifar-warmup": dict(
         lr=0.1,
@@ -154,7 +154,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         milestones=(0.5, 0.75),
         warmup_epochs=1.0,
         warmup_lr=0.01,
-    ),  # fmt: skip
+    ),
     # He et al. 2016 (Identity Mappings), Sec. 5: the 2015 recipe; 0.01 warm-up for the
     # first 400 iterations of the deep nets.
     "he2016-cifar": dict(
@@ -167,7 +167,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         milestones=(0.5, 0.75),
         warmup_epochs=1.0,
         warmup_lr=0.01,
-    ),  # fmt: skip
+    ),
     # The embedded data sets on a laptop: short cosine schedule.
     "quick": dict(
         lr=0.05,
@@ -177,7 +177,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         epochs=15,
         schedule="cosine",
         nesterov=True,
-    ),  # fmt: skip
+    ),
+    # Segmentation on the embedded shapes scenes: AdamW with a short cosine schedule.
+    "quick-seg": dict(
+        optimizer="adamw", lr=0.01, weight_decay=1e-4, batch_size=32, epochs=12, schedule="cosine"
+    ),
 }
 
 
