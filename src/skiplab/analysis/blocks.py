@@ -16,7 +16,7 @@ and whatever the unit does after the addition).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -158,33 +158,3 @@ def find_units(
             "'branch' and 'shortcut' attributes)"
         )
     return views
-
-
-def check_chain(
-    model: nn.Module, units: Sequence[UnitView], x: Tensor
-) -> list[tuple[Tensor, Tensor]]:
-    """Run ``model(x)`` and record each unit's (input, output); check the units form a chain
-    (each unit runs once). Used by analyses that walk the units in order."""
-    records: list[tuple[Tensor, Tensor]] = [None] * len(units)  # type: ignore[list-item]
-    calls = [0] * len(units)
-
-    def hook(i: int) -> Callable:
-        def fn(_m: nn.Module, args: tuple, out: Tensor) -> None:
-            calls[i] += 1
-            records[i] = (args[0], out)
-
-        return fn
-
-    handles = [u.module.register_forward_hook(hook(i)) for i, u in enumerate(units)]
-    try:
-        out = model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    bad = [u.name for u, c in zip(units, calls, strict=True) if c != 1]
-    if bad:
-        raise ValueError(
-            f"units {bad} ran {[c for c in calls if c != 1]} times in one forward; each must run once"
-        )
-    records.append((out, out))
-    return records
