@@ -8,6 +8,16 @@ Build every skip design from one set of parts, train it, and measure what the sk
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .analysis import (
+    gradient_flow,
+    identity_task,
+    lesion,
+    loss_landscape,
+    nonlinearity_coefficient,
+    path_gradients,
+    path_spectrum,
+    shattered_gradients,
+)
 from .models import create_model, from_torchvision, list_models, register_model, summarize
 
 try:
@@ -19,7 +29,15 @@ __all__ = [
     "__version__",
     "create_model",
     "from_torchvision",
+    "gradient_flow",
+    "identity_task",
+    "lesion",
     "list_models",
+    "loss_landscape",
+    "nonlinearity_coefficient",
+    "path_gradients",
+    "path_spectrum",
     "register_model",
+    "shattered_gradients",
     "summarize",
 ]

@@ -313,6 +313,7 @@ def analyze_cmd(
     import json as _json
 
     from . import analysis as A
+    from .provenance import provenance
     from .train.checkpoint import atomic_write_text
 
     if kind not in ANALYSES:
@@ -360,10 +361,8 @@ def analyze_cmd(
         ",", "_"
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(
-        out_dir / "result.json",
-        _json.dumps({"analysis": kind, "target": label, **res.to_dict()}, indent=1),
-    )
+    doc = {"analysis": kind, "target": label, **res.to_dict(), "provenance": provenance()}
+    atomic_write_text(out_dir / "result.json", _json.dumps(doc, indent=1))
     import matplotlib
 
     matplotlib.use("Agg")
