@@ -290,8 +290,8 @@ def paths_findings(spec: dict[str, dict[str, Any]]) -> tuple[list[str], list[Tab
         if not levels:
             continue
         lvl_rows = [
-            [k, str(lv.get("name", i)), big(int(lv.get("total") or 0)), str(lv.get("min", "–")),
-             str(lv.get("max", "–"))]
+            [k, str(lv.get("name", i)), big(int(lv.get("total") or 0)), num(lv.get("min")),
+             num(lv.get("max"))]
             for i, lv in enumerate(levels)
         ]  # fmt: skip
         level_rows.extend(lvl_rows)
