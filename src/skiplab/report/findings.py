@@ -176,6 +176,11 @@ class Stat:
         return num(self.mean)
 
 
+def clearly_above(b: Stat, a: Stat) -> bool:
+    """``b`` exceeds ``a`` by more than their spread over seeds and by over 10% of ``a``."""
+    return b.mean - a.mean > max(a.std + b.std, 0.1 * abs(a.mean))
+
+
 def stat(values: list[float | None]) -> Stat | None:
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not vals:
@@ -404,6 +409,8 @@ def _degradation(runs: list[RunData], loss: dict[str, Stat]) -> list[str]:
                     f"Contrary to He et al. 2015, the deeper plain net does not train worse here "
                     f"({gap})."
                 )
+        elif worse and not clearly_above(b, a):
+            out.append(f"{family}: {gap}; within the spread over seeds: no clear degradation.")
         else:
             out.append(
                 f"{family}: {gap}; the deeper net "
