@@ -256,7 +256,11 @@ def fit(
         torch.backends.cudnn.benchmark = True
     model = model.to(dev)
     image_model = len(data.input_shape) == 3
-    if cuda and recipe.channels_last and image_model:
+    # channels_last: faster convolutions with cuDNN, and with oneDNN on the CPU for images
+    # of 16x16 and up (resnet-20 fwd+bwd at 32x32: 21% faster on a 2-core CPU; at 8x8: 6% slower).
+    big_images = image_model and min(data.input_shape[1:]) >= 16
+    channels_last = recipe.channels_last and image_model and (cuda or big_images)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     amp = (
         torch.bfloat16
@@ -331,7 +335,7 @@ def fit(
                     group["lr"] = recipe.lr_at(step, steps_per_epoch)
                 if dist.world > 1:  # each rank takes its share of the global batch
                     xb, yb = xb[dist.rank :: dist.world], yb[dist.rank :: dist.world]
-                if cuda and recipe.channels_last and xb.dim() == 4:
+                if channels_last and xb.dim() == 4:
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
                     out = train_model(xb)
