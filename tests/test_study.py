@@ -209,13 +209,16 @@ def test_study_resumes_after_sigkill(tmp_path: Path) -> None:
     assert killed_during is not None, "the study finished before it could be killed"
     before = Store.open_existing(out).runs()
     done_before = {r["id"]: r["finished"] for r in before if r["status"] == "finished"}
+    interrupted = [r["id"] for r in before if r["status"] == "running"]
+    assert interrupted, "no run was in flight when the study was killed"
     result = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     after = {r["id"]: r for r in Store.open_existing(out).runs()}
     assert all(r["status"] == "finished" for r in after.values())
     for run_id, finished in done_before.items():  # finished runs were never redone
         assert after[run_id]["finished"] == finished and after[run_id]["attempts"] == 1
-    assert after[killed_during]["attempts"] == 2  # the half-written run was redone cleanly
+    for run_id in interrupted:  # the half-written run was redone cleanly
+        assert after[run_id]["attempts"] == 2
 
 
 def test_report_command_rerenders(tmp_path: Path) -> None:
