@@ -229,8 +229,7 @@ def train_cmd(
         default = {"digits": "quick", "shapes": "quick-seg"}.get(data, "he2016-cifar")
         rec = get_recipe(recipe or default, **overrides)
     dataset = load_dataset(data, data_dir=data_dir)
-    for key, value in data_options(name, dataset.input_shape, dataset.num_classes).items():
-        options.setdefault(key, value)
+    options = {**data_options(name, dataset.input_shape, dataset.num_classes), **options}
     torch.manual_seed(seed)
     model = create_model(name, **options)
     out_dir = out or default_out(name, data, seed)
@@ -279,8 +278,7 @@ def _load_for_analysis(
         )
         return model, dataset, f"{meta.get('model')} (trained, {path})"
     dataset = load_dataset(data or ("shapes" if target == "unet" else "digits"), data_dir=data_dir)
-    for key, value in data_options(target, dataset.input_shape, dataset.num_classes).items():
-        options.setdefault(key, value)
+    options = {**data_options(target, dataset.input_shape, dataset.num_classes), **options}
     torch.manual_seed(seed)
     return create_model(target, **options), dataset, f"{target} (initialisation)"
 

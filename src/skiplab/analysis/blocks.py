@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from ..models.blocks import ResidualUnit
@@ -53,9 +52,7 @@ class UnitView:
     def shortcut(self, x: Tensor) -> Tensor:
         m = self.module
         if isinstance(m, ResidualUnit):
-            if m.shortcut is None:  # plain unit: no skip path
-                return torch.zeros((), dtype=x.dtype, device=x.device)
-            return m.shortcut(m.preact(x) if m.shortcut_reads_preact else x)
+            return m.shortcut_path(x)
         if isinstance(m, _tv_types()):
             return x if m.downsample is None else m.downsample(x)
         return x if m.shortcut is None else m.shortcut(x)
@@ -63,8 +60,7 @@ class UnitView:
     def branch(self, x: Tensor) -> Tensor:
         m = self.module
         if isinstance(m, ResidualUnit):
-            b = m.branch(m.preact(x))
-            return b if m.branch_scale is None else m.branch_scale(b)
+            return m.branch_path(x)
         if isinstance(m, _tv_types()):
             out = m.relu(m.bn1(m.conv1(x)))
             out = m.bn2(m.conv2(out))
@@ -77,14 +73,7 @@ class UnitView:
         """Combine the two paths as the unit does (``x`` is the unit input, for gates)."""
         m = self.module
         if isinstance(m, ResidualUnit):
-            if m.shortcut is None:
-                out = branch
-            elif m.gate is None:
-                out = shortcut + branch
-            else:
-                g = m.gate(m.preact(x) if m.shortcut_reads_preact else x)
-                out = (1 - g) * shortcut + (g * branch if m.exclusive_gate else branch)
-            return m.post(out)
+            return m.combine(shortcut, branch, x)
         if isinstance(m, _tv_types()):
             return m.relu(shortcut + branch)
         post = getattr(m, "post", None)

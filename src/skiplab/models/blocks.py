@@ -257,19 +257,46 @@ class ResidualUnit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xp = self.preact(x)
-        branch = self.branch(xp)
-        if self.branch_scale is not None:
-            branch = self.branch_scale(branch)
-        if self.shortcut is None:  # plain unit
-            return self.post(branch)
+        branch = self._scaled_branch(xp)
         s_in = xp if self.shortcut_reads_preact else x
-        shortcut = self.shortcut(s_in)
-        if self.gate is None:
+        shortcut = None if self.shortcut is None else self.shortcut(s_in)
+        return self._combine(shortcut, branch, s_in)
+
+    def _scaled_branch(self, xp: torch.Tensor) -> torch.Tensor:
+        branch = self.branch(xp)
+        return branch if self.branch_scale is None else self.branch_scale(branch)
+
+    def _combine(
+        self, shortcut: torch.Tensor | None, branch: torch.Tensor, s_in: torch.Tensor
+    ) -> torch.Tensor:
+        if self.shortcut is None:  # plain unit
+            out = branch
+        elif self.gate is None:
             out = shortcut + branch
         else:
             g = self.gate(s_in)
             out = (1 - g) * shortcut + (g * branch if self.exclusive_gate else branch)
         return self.post(out)
+
+    # The two paths one at a time, and their combination, for analyses that take
+    # vector-Jacobian products through each: forward(x) == combine(shortcut_path(x),
+    # branch_path(x), x).
+    def shortcut_path(self, x: torch.Tensor) -> torch.Tensor:
+        """The skip path's output (a zero for a plain unit)."""
+        if self.shortcut is None:
+            return torch.zeros((), dtype=x.dtype, device=x.device)
+        return self.shortcut(self.preact(x) if self.shortcut_reads_preact else x)
+
+    def branch_path(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual branch's output, pre-activation and branch scale included."""
+        return self._scaled_branch(self.preact(x))
+
+    def combine(
+        self, shortcut: torch.Tensor, branch: torch.Tensor, x: torch.Tensor
+    ) -> torch.Tensor:
+        """What the unit does with its two paths (``x``, the unit input, feeds gates)."""
+        s_in = self.preact(x) if self.gate is not None and self.shortcut_reads_preact else x
+        return self._combine(shortcut, branch, s_in)
 
     # Blocks own their init quirks (STYLE 5).
     def zero_init_last(self) -> None:

@@ -10,16 +10,14 @@ section with no data is left out. Any study renders, the default one and custom 
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..study.store import Store
-from ..train.checkpoint import atomic_write_text
+from ..train.checkpoint import atomic_write_bytes, atomic_write_text
 from . import figures as F
 from . import findings as T
 from .findings import StudyData, Table, load_study
@@ -266,20 +264,6 @@ def summary(sections: list[Section]) -> list[tuple[str, str, str]]:
 # --------------------------------------------------------------------------- writing
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Temp file in the same folder + rename, so a reader never sees half a PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(store: Store, out_dir: str | Path) -> Path:
     """Render report.html and report.md from the store; returns the HTML path."""
     from .html import render_html, render_markdown
@@ -296,7 +280,7 @@ def write_report(store: Store, out_dir: str | Path) -> Path:
     }
     for s in sections:
         for fig in s.figures:
-            _write_bytes(out_dir / "figures" / f"{fig.name}.png", fig.png)
+            atomic_write_bytes(out_dir / "figures" / f"{fig.name}.png", fig.png)
     atomic_write_text(out_dir / "report.md", render_markdown(context))
     path = out_dir / "report.html"
     atomic_write_text(path, render_html(context))

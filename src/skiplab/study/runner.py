@@ -74,9 +74,10 @@ def execute_run(
         data = load_dataset(run.data, data_dir=data_dir, **run.data_options)
         if run.subset:
             data = data.subset(run.subset.get("n_train"), run.subset.get("n_test"))
-        options = dict(run.model.options)
-        for key, value in data_options(run.model.name, data.input_shape, data.num_classes).items():
-            options.setdefault(key, value)
+        options = {
+            **data_options(run.model.name, data.input_shape, data.num_classes),
+            **run.model.options,
+        }
         torch.manual_seed(run.seed)
         model = create_model(run.model.name, **options)
         label = run.model.display()
@@ -295,6 +296,9 @@ def _spec_json(spec: StudySpec) -> dict[str, Any]:
 def write_results_json(store: Store, out_dir: Path) -> None:
     from ..train.checkpoint import atomic_write_text
 
+    results: dict[str, list[dict[str, Any]]] = {}
+    for x in store.results():  # one query, not one per run
+        results.setdefault(x["run_id"], []).append(x)
     runs = []
     for r in store.runs():
         spec = r["spec"]
@@ -312,7 +316,7 @@ def write_results_json(store: Store, out_dir: Path) -> None:
         if r["error"]:
             entry["error"] = r["error"].splitlines()[0]
         entry["analyses"] = {
-            f"{x['phase']}:{x['kind']}": x["summary"] for x in store.results(r["id"])
+            f"{x['phase']}:{x['kind']}": x["summary"] for x in results.get(r["id"], [])
         }
         runs.append(entry)
     atomic_write_text(

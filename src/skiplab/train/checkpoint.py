@@ -70,6 +70,16 @@ def _atomic_write(path: Path, write: Any) -> None:
             os.unlink(tmp)
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file atomically (temp file + fsync + rename)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    _atomic_write(Path(path), write)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a text file atomically (temp file + rename)."""
 

@@ -131,43 +131,18 @@ def from_dict(data: dict[str, Any]) -> Recipe:
         raise ValueError(f"invalid recipe: {err}") from None
 
 
+# He et al. 2015, Sec. 4.2: SGD, momentum 0.9, wd 1e-4, batch 128, lr 0.1, /10 at 32k and
+# 48k iterations, stop at 64k (= 164 epochs of 391 iterations on CIFAR-10).
+_HE2015 = dict(lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=128, epochs=164,
+               schedule="step", milestones=(0.5, 0.75))  # fmt: skip
+# The 0.01 warm-up for the first ~400 iterations (He et al. 2015 for ResNet-110; He et al.
+# 2016, Sec. 5, for the deep nets).
+_WARMUP = dict(warmup_epochs=1.0, warmup_lr=0.01)
+
 PRESETS: dict[str, dict[str, Any]] = {
-    # He et al. 2015, Sec. 4.2: SGD, momentum 0.9, wd 1e-4, batch 128, lr 0.1, /10 at 32k
-    # and 48k iterations, stop at 64k (= 164 epochs of 391 iterations on CIFAR-10).
-    "he2015-cifar": dict(
-        lr=0.1,
-        momentum=0.9,
-        weight_decay=1e-4,
-        batch_size=128,
-        epochs=164,
-        schedule="step",
-        milestones=(0.5, 0.75),
-    ),
-    # The same, with the 0.01 warm-up He et al. 2015 used for ResNet-110 (about 400 iterations).
-    "he2015-cifar-warmup": dict(
-        lr=0.1,
-        momentum=0.9,
-        weight_decay=1e-4,
-        batch_size=128,
-        epochs=164,
-        schedule="step",
-        milestones=(0.5, 0.75),
-        warmup_epochs=1.0,
-        warmup_lr=0.01,
-    ),
-    # He et al. 2016 (Identity Mappings), Sec. 5: the 2015 recipe; 0.01 warm-up for the
-    # first 400 iterations of the deep nets.
-    "he2016-cifar": dict(
-        lr=0.1,
-        momentum=0.9,
-        weight_decay=1e-4,
-        batch_size=128,
-        epochs=164,
-        schedule="step",
-        milestones=(0.5, 0.75),
-        warmup_epochs=1.0,
-        warmup_lr=0.01,
-    ),
+    "he2015-cifar": _HE2015,
+    "he2015-cifar-warmup": {**_HE2015, **_WARMUP},
+    "he2016-cifar": {**_HE2015, **_WARMUP},  # Identity Mappings: the 2015 recipe with warm-up
     # The embedded data sets on a laptop: short cosine schedule.
     "quick": dict(
         lr=0.05,

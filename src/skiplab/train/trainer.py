@@ -25,7 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..analysis.blocks import find_units
+from ..analysis.gradflow import unit_grad_norms
 from ..data import TensorData, iterate_batches
+from ..models.unet import center_crop
 from ..provenance import provenance
 from .checkpoint import (
     atomic_write_text,
@@ -96,14 +99,8 @@ def task_loss(out: Tensor, y: Tensor, label_smoothing: float = 0.0) -> Tensor:
     """Cross-entropy for classification ([N, C] vs [N]) and segmentation ([N, C, H, W] vs
     [N, H, W]; targets centre-cropped when the net's output is smaller, as in U-Net 'valid')."""
     if out.dim() == 4 and y.shape[-2:] != out.shape[-2:]:
-        y = crop_to(y, out.shape[-2:])
+        y = center_crop(y, out.shape[-2:])
     return F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
-
-
-def crop_to(y: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
-    h, w = y.shape[-2:]
-    top, left = (h - size[0]) // 2, (w - size[1]) // 2
-    return y[..., top : top + size[0], left : left + size[1]]
 
 
 class EpochStats:
@@ -124,7 +121,7 @@ class EpochStats:
     @torch.no_grad()
     def add(self, out: Tensor, y: Tensor, loss: Tensor) -> None:
         if out.dim() == 4 and y.shape[-2:] != out.shape[-2:]:
-            y = crop_to(y, out.shape[-2:])
+            y = center_crop(y, out.shape[-2:])
         n = y.shape[0]
         pred = out.argmax(1)
         self.loss += loss.detach().double() * n
@@ -195,7 +192,7 @@ def prepare_out_dir(out_dir: Path, identity: dict[str, Any], resume: bool) -> di
                 f"{out_dir} already holds a run (status {existing.get('status')!r}); pass --resume to "
                 "continue it, or choose another --out"
             )
-        old = _json_norm(existing.get("identity", {}))
+        old = _json_norm({k: existing.get(k) for k in identity})
         new = _json_norm(identity)
         diffs = [k for k in new if old.get(k) != new.get(k)]
         if diffs:
@@ -282,7 +279,6 @@ def fit(
         log.info("resuming %s at epoch %d", out_dir, start_epoch)
 
     run_info: dict[str, Any] = {
-        "identity": identity,
         **identity,
         "data_meta": data.meta,
         "provenance": provenance(dev),
@@ -306,7 +302,11 @@ def fit(
         train_model = torch.compile(train_model)
 
     writer = _tensorboard(out_dir) if tensorboard and dist.is_main else None
-    units = _grad_units(model) if log_grad_every and dist.is_main else []
+    units = (
+        find_units(model, required=False, include_plain=True)
+        if log_grad_every and dist.is_main
+        else []
+    )
     n = data.train_x.shape[0]
     steps_per_epoch = math.ceil(n / recipe.batch_size)
     seg = data.task == "segmentation"
@@ -347,7 +347,7 @@ def fit(
                 if recipe.grad_clip:
                     nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
                 if units and step % log_grad_every == 0:
-                    _log_grads(out_dir, units, epoch, step)
+                    _log_grads(out_dir, model, units, epoch, step)
                 opt.step()
                 stats.add(out, yb, loss)
                 bar.step(epoch)
@@ -457,20 +457,8 @@ def _read_metrics(out_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _grad_units(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
-    from ..analysis.blocks import find_units
-
-    units = find_units(model, required=False, include_plain=True)
-    return [(u.name, [p for p in u.module.parameters() if p.requires_grad]) for u in units]
-
-
-def _log_grads(
-    out_dir: Path, units: list[tuple[str, list[nn.Parameter]]], epoch: int, step: int
-) -> None:
-    norms = {}
-    for name, params in units:
-        grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
-        norms[name] = torch.stack(grads).norm().item() if grads else 0.0
+def _log_grads(out_dir: Path, model: nn.Module, units: list, epoch: int, step: int) -> None:
+    norms = unit_grad_norms(model, units)
     with open(out_dir / GRADS_FILE, "a", encoding="utf-8") as f:
         f.write(json.dumps({"epoch": epoch + 1, "step": step, "unit_grad_norms": norms}) + "\n")
 
