@@ -18,13 +18,7 @@ from skiplab.models.layers import linear_layer
 X8 = torch.randn(1, 3, 8, 8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny convolutions: one thread is several times faster on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def poly_mul(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:

@@ -18,14 +18,7 @@ from skiplab.analysis.shattered import (
     spectral_slope,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny nets: threads only add overhead on a shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_white_noise():
