@@ -3,9 +3,11 @@ against a plain PyTorch reference loop (DataLoader with CPU augmentation, eager,
 the same model and CIFAR-shaped data, measured side by side in one run.
 
     python benchmarks/train_throughput.py --device cpu|cuda --model resnet-56 [--batch 128]
-        [--images 10000] [--compile] [--json]
+        [--images 10000] [--compile] [--no-eager] [--json]
 
-Prints img/s of both and the ratio skiplab / reference.
+Prints img/s of both and the ratio skiplab / reference. On CUDA skiplab's trainer runs with
+its defaults (bf16 autocast, channels_last, the step replayed from a CUDA graph); unless
+``--no-eager`` it is also timed with ``cuda_graphs=False``, to show what the graph buys.
 """
 
 from __future__ import annotations
@@ -67,13 +69,18 @@ def reference_img_s(
 
 
 def skiplab_img_s(
-    model: torch.nn.Module, data: TensorData, batch: int, dev: torch.device, compile: bool
+    model: torch.nn.Module,
+    data: TensorData,
+    batch: int,
+    dev: torch.device,
+    compile: bool,
+    cuda_graphs: bool | None = None,
 ) -> float:
     recipe = get_recipe(
         "he2015-cifar", epochs=3, batch_size=batch, eval_batch_size=1024, compile=compile
     )
     with tempfile.TemporaryDirectory() as tmp:
-        res = fit(model, data, recipe, tmp, device=dev)
+        res = fit(model, data, recipe, tmp, device=dev, cuda_graphs=cuda_graphs)
     # epoch time includes the (small) test pass; take the best of the epochs after warm-up
     best = min(r["time_s"] for r in res.metrics[1:])
     return len(data.train_x) / best
@@ -88,6 +95,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--images", type=int, default=10_000)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--no-eager", action="store_true", help="on CUDA, skip the eager timing")
+    p.add_argument("--no-reference", action="store_true", help="time skiplab's trainer only")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     dev = torch.device(args.device)
@@ -99,14 +108,22 @@ def main() -> None:
     )
     torch.manual_seed(0)
     ours = skiplab_img_s(skiplab.create_model(args.model), data, args.batch, dev, args.compile)
-    torch.manual_seed(0)
-    ref = reference_img_s(skiplab.create_model(args.model).to(dev), x, y, args.batch, dev)
+    eager = None
+    if dev.type == "cuda" and not args.no_eager and not args.compile:
+        torch.manual_seed(0)
+        eager = skiplab_img_s(skiplab.create_model(args.model), data, args.batch, dev, False,
+                              cuda_graphs=False)  # fmt: skip
+    ref = None
+    if not args.no_reference:
+        torch.manual_seed(0)
+        ref = reference_img_s(skiplab.create_model(args.model).to(dev), x, y, args.batch, dev)
     result = {
         "model": args.model,
         "batch": args.batch,
         "skiplab_img_s": round(ours, 1),
-        "reference_img_s": round(ref, 1),
-        "ratio": round(ours / ref, 3),
+        "skiplab_eager_img_s": None if eager is None else round(eager, 1),
+        "reference_img_s": None if ref is None else round(ref, 1),
+        "ratio": None if ref is None else round(ours / ref, 3),
         "device": torch.cuda.get_device_name(dev)
         if dev.type == "cuda"
         else f"cpu ({torch.get_num_threads()} threads)",
@@ -118,8 +135,11 @@ def main() -> None:
     else:
         print(f"{args.model}, batch {args.batch}, {result['device']}:")
         print(f"  skiplab   {ours:,.0f} img/s")
-        print(f"  reference {ref:,.0f} img/s")
-        print(f"  ratio     {ours / ref:.2f}")
+        if eager is not None:
+            print(f"  skiplab without CUDA graphs {eager:,.0f} img/s")
+        if ref is not None:
+            print(f"  reference {ref:,.0f} img/s")
+            print(f"  ratio     {ours / ref:.2f}")
 
 
 if __name__ == "__main__":

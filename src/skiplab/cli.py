@@ -192,6 +192,11 @@ def train_cmd(
     data_dir: Path = typer.Option(None, "--data-dir", help="where downloaded data sets live"),
     tensorboard: bool = typer.Option(False, "--tensorboard"),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model"),
+    cuda_graphs: bool = typer.Option(
+        None,
+        "--cuda-graphs/--no-cuda-graphs",
+        help="replay each step from a CUDA graph (default: on a single GPU without --compile)",
+    ),
     log_grad_every: int = typer.Option(
         0, "--log-grad-every", help="log per-unit gradient norms every N steps"
     ),
@@ -235,7 +240,7 @@ def train_cmd(
     out_dir = out or default_out(name, data, seed)
     result = fit(model, dataset, rec, out_dir, seed=seed, device=device, resume=resume, model_name=name,
                  model_options=options, tensorboard=tensorboard, progress=True,
-                 log_grad_every=log_grad_every)  # fmt: skip
+                 log_grad_every=log_grad_every, cuda_graphs=cuda_graphs)  # fmt: skip
     if not DistInfo.from_env().is_main:
         return
     if result.status != "finished":

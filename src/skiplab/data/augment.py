@@ -64,11 +64,23 @@ def parse_augment(kind: str) -> AugmentSpec:
     return AugmentSpec(pad=int(m.group(1)), flip=m.group(2) is not None)
 
 
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """Move ``t`` to ``device``; CPU -> GPU through pinned memory without blocking, so that
+    drawing random numbers on the CPU does not make the CPU wait for the GPU every batch
+    (a plain ``.to("cuda")`` synchronises, which would stall a CUDA-graph training loop)."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _randint(
     high: int, size: tuple[int, ...], generator: torch.Generator, device: torch.device
 ) -> Tensor:
     # Draw on the generator's own device (CUDA generators only make CUDA tensors), then move.
-    return torch.randint(0, high, size, generator=generator, device=generator.device).to(device)
+    t = torch.randint(0, high, size, generator=generator, device=generator.device)
+    return to_device(t, device)
 
 
 def augment_batch(
@@ -164,14 +176,14 @@ def _batches(
     order = None
     if shuffle:
         assert generator is not None
-        order = torch.randperm(n, generator=generator, device=generator.device).to(x.device)
+        order = to_device(torch.randperm(n, generator=generator, device=generator.device), x.device)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         if order is None:
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         else:
             idx = order[start : start + batch_size]
-            xb, yb = x[idx], y[idx.to(y.device)]
+            xb, yb = x[idx], y[to_device(idx, y.device)]
         if not identity:
             assert generator is not None
             xb, yb = augment_batch(xb, yb, augment, generator)

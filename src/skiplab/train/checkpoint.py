@@ -188,6 +188,9 @@ def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tenso
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
+_IMPL_KEYS = ("fused", "foreach", "capturable", "differentiable")
+
+
 def restore_optimizer(opt: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
     meta = ckpt.meta.get("optimizer")
     if not isinstance(meta, dict) or "param_groups" not in meta:
@@ -201,10 +204,14 @@ def restore_optimizer(opt: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
     for key, value in meta.get("scalars", {}).items():
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = value
+    # How the step is computed (fused, foreach) belongs to this device, not the checkpoint's.
+    impl = [{k: g[k] for k in _IMPL_KEYS if k in g} for g in opt.param_groups]
     try:
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     except (ValueError, KeyError, RuntimeError) as err:
         raise ValueError(f"{ckpt.path}: optimizer state does not fit this model ({err})") from None
+    for group, keep in zip(opt.param_groups, impl, strict=True):
+        group.update(keep)
 
 
 def rng_tensors() -> dict[str, torch.Tensor]:

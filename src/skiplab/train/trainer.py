@@ -42,6 +42,7 @@ from .checkpoint import (
     unwrap,
 )
 from .distributed import DistInfo
+from .graphs import GraphedStep, eager_step
 from .recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -86,13 +87,16 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """The recipe's optimizer; on a GPU its fused form (one kernel per step, not one per
+    parameter tensor and operation)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    fused = True if params and params[0].is_cuda else None
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
                                nesterov=recipe.nesterov and recipe.momentum > 0,
-                               weight_decay=recipe.weight_decay)  # fmt: skip
+                               weight_decay=recipe.weight_decay, fused=fused)  # fmt: skip
     cls = torch.optim.Adam if recipe.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return cls(params, lr=recipe.lr, weight_decay=recipe.weight_decay, fused=fused)
 
 
 def task_loss(out: Tensor, y: Tensor, label_smoothing: float = 0.0) -> Tensor:
@@ -131,10 +135,10 @@ class EpochStats:
             if y.dim() > 1
             else (pred == y).double().sum()
         )
-        if self.confusion is not None:
-            self.confusion += torch.bincount(
-                (y * self.k + pred).flatten(), minlength=self.k * self.k
-            ).double()
+        if self.confusion is not None:  # index_add_, not bincount: no GPU sync per step
+            idx = (y * self.k + pred).flatten()
+            one = torch.ones((), dtype=torch.float64, device=idx.device)
+            self.confusion.index_add_(0, idx, one.expand(idx.numel()))
 
     def reduce(self, dist: DistInfo) -> None:
         if dist.world > 1:
@@ -224,6 +228,7 @@ def fit(
     progress: bool = False,
     log_grad_every: int = 0,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    cuda_graphs: bool | None = None,
 ) -> RunResult:
     """Train ``model`` on ``data`` following ``recipe``; write the run folder ``out_dir``.
 
@@ -231,6 +236,12 @@ def fit(
     takes its share of every batch, and only rank 0 writes. Returns a ``RunResult`` whose
     status is ``finished`` or ``diverged`` (a NaN or infinite loss; the last good
     checkpoint stays).
+
+    ``cuda_graphs``: replay the forward + backward of full-size batches from a CUDA graph
+    (``train.graphs.GraphedStep``; the optimizer step stays eager). ``None`` (default):
+    on a single CUDA device without ``recipe.compile``; ``True`` where that is not
+    possible is an error. It does not change what is computed, so it is not part of the
+    recipe or the run's identity.
     """
     out_dir = Path(out_dir)
     dev = resolve_device(device)
@@ -249,6 +260,7 @@ def fit(
         return RunResult(out_dir, "finished", _read_metrics(out_dir), "already finished")
 
     cuda = dev.type == "cuda"
+    use_graphs = _use_cuda_graphs(cuda_graphs, cuda, dist.world, recipe.compile)
     if cuda:
         torch.backends.cudnn.benchmark = True
     model = model.to(dev)
@@ -301,6 +313,15 @@ def fit(
     if recipe.compile:
         train_model = torch.compile(train_model)
 
+    def loss_fn(out: Tensor, y: Tensor) -> Tensor:
+        return task_loss(out, y, recipe.label_smoothing)
+
+    step_fn = (
+        GraphedStep(train_model, loss_fn, amp)
+        if use_graphs
+        else lambda x, y: eager_step(train_model, loss_fn, x, y, amp)
+    )
+
     writer = _tensorboard(out_dir) if tensorboard and dist.is_main else None
     units = (
         find_units(model, required=False, include_plain=True)
@@ -337,13 +358,9 @@ def fit(
                     xb, yb = xb[dist.rank :: dist.world], yb[dist.rank :: dist.world]
                 if channels_last and xb.dim() == 4:
                     xb = xb.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-                    out = train_model(xb)
-                    loss = task_loss(out, yb, recipe.label_smoothing)
-                if not cuda and not torch.isfinite(loss):
+                out, loss = step_fn(xb, yb)  # forward, loss, backward
+                if not cuda and not torch.isfinite(loss):  # on a GPU: checked per epoch
                     raise _Diverged(epoch, step, loss.item())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
                 if recipe.grad_clip:
                     nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
                 if units and step % log_grad_every == 0:
@@ -398,6 +415,18 @@ def fit(
         atomic_write_text(out_dir / RUN_FILE, json.dumps(run_info, indent=2))
     dist.barrier()
     return RunResult(out_dir, status, history, message)
+
+
+def _use_cuda_graphs(asked: bool | None, cuda: bool, world: int, compiled: bool) -> bool:
+    if asked is None:
+        return cuda and world == 1 and not compiled
+    if asked and not cuda:
+        raise ValueError("cuda_graphs=True needs a CUDA device; use --no-cuda-graphs on the CPU")
+    if asked and world > 1:
+        raise ValueError("cuda_graphs=True is not supported under torchrun (DDP); drop it")
+    if asked and compiled:
+        raise ValueError("cuda_graphs=True and recipe.compile=True exclude each other; choose one")
+    return bool(asked)
 
 
 @torch.no_grad()
