@@ -56,13 +56,19 @@ class GraphedStep:
     CUDA graph for batches of the captured shape (see the module docstring)."""
 
     def __init__(
-        self, model: nn.Module, loss_fn: LossFn, amp: torch.dtype | None, warmup: int = 3
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        amp: torch.dtype | None,
+        warmup: int = 3,
+        batch_size: int | None = None,
     ) -> None:
         if not next(model.parameters()).is_cuda:
             raise ValueError("CUDA graphs need the model on a CUDA device; use --no-cuda-graphs")
         self.model, self.loss_fn, self.amp = model, loss_fn, amp
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.warmup_left = warmup
+        self.batch_size = batch_size  # only batches of this size are captured (None: any)
         self.failed = False
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: tuple[Tensor, ...] = ()  # x, y, output, loss
@@ -74,13 +80,15 @@ class GraphedStep:
     def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         if self.graph is not None and self._fits(x, y):
             return self._replay(x, y)
-        if self.graph is None and not self.failed and self.warmup_left == 0:
-            captured = self._capture(x, y)
-            if captured is not None:
-                return captured
-        if self.graph is None and not self.failed:
-            self.warmup_left = max(0, self.warmup_left - 1)
-            return self._on_side_stream(x, y)
+        full = self.batch_size is None or x.shape[0] == self.batch_size
+        if self.graph is None and not self.failed and full:
+            if self.warmup_left == 0:
+                captured = self._capture(x, y)
+                if captured is not None:
+                    return captured
+            else:
+                self.warmup_left -= 1
+                return self._on_side_stream(x, y)
         self.grads_in_place = False  # the eager backward gives parameters new .grad tensors
         return eager_step(self.model, self.loss_fn, x, y, self.amp)
 

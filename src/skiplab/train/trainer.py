@@ -317,7 +317,7 @@ def fit(
         return task_loss(out, y, recipe.label_smoothing)
 
     step_fn = (
-        GraphedStep(train_model, loss_fn, amp)
+        GraphedStep(train_model, loss_fn, amp, batch_size=recipe.batch_size)
         if use_graphs
         else lambda x, y: eager_step(train_model, loss_fn, x, y, amp)
     )
