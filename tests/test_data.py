@@ -144,6 +144,82 @@ def test_shapes_default_is_fast():
     assert (len(d.train_x), len(d.test_x)) == (1000, 200)
 
 
+# --------------------------------------------------------------------------- random
+
+
+def test_random_is_cifar_shaped_noise_with_random_labels():
+    d = load_dataset("random", n_train=2000, n_test=100)
+    assert get_dataset_entry("random").embedded and d.task == "classification"
+    assert d.train_x.shape == (2000, 3, 32, 32) and d.test_x.shape == (100, 3, 32, 32)
+    assert d.train_x.dtype == torch.float32 and d.train_y.dtype == torch.int64
+    assert d.train_y.shape == (2000,) and d.test_y.shape == (100,)
+    assert d.num_classes == 10 and d.augment == "crop-flip"
+    # Every class drawn, about equally often; pixels standardised noise.
+    counts = torch.bincount(d.train_y, minlength=10)
+    assert len(counts) == 10 and counts.min() > 120 and counts.max() < 280  # 200 +- 6 sd
+    assert d.train_x.mean().abs() < 0.01 and (d.train_x.std() - 1).abs() < 0.01
+    assert int(d.test_y.max()) < 10 and int(d.test_y.min()) >= 0
+    assert d.meta["options"] == {"n_train": 2000, "n_test": 100, "size": 32, "channels": 3,
+                                 "classes": 10, "seed": 0}  # fmt: skip
+    json.dumps(d.meta)
+
+
+def test_random_defaults_and_options():
+    assert get_dataset_entry("random").options() == {
+        "n_train": 10000, "n_test": 1000, "size": 32, "channels": 3, "classes": 10, "seed": 0,
+    }  # fmt: skip
+    d = load_dataset("random", n_train=8, n_test=4, size=8, channels=1, classes=100, seed=3)
+    assert d.input_shape == (1, 8, 8) and d.num_classes == 100
+    assert (len(d.train_x), len(d.test_x)) == (8, 4)
+    # What a run records in run.json loads the same set again (``skiplab analyze RUN``).
+    again = load_dataset("random", **d.meta["options"])
+    assert torch.equal(again.train_x, d.train_x) and torch.equal(again.test_y, d.test_y)
+
+
+def test_random_deterministic_by_seed():
+    a = load_dataset("random", n_train=64, n_test=16)
+    b = load_dataset("random", n_train=64, n_test=16)
+    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.train_y, b.train_y)
+    assert torch.equal(a.test_x, b.test_x) and torch.equal(a.test_y, b.test_y)
+    c = load_dataset("random", n_train=64, n_test=16, seed=1)
+    assert not torch.equal(a.train_x, c.train_x) and not torch.equal(a.train_y, c.train_y)
+    assert not torch.equal(a.test_x, c.test_x)
+    # The test set does not depend on the training set's size (up to normalisation).
+    bigger = load_dataset("random", n_train=80, n_test=16)
+    assert torch.equal(bigger.test_y, a.test_y)
+    assert not torch.equal(a.train_x[:, :, :4], a.test_x[:, :, :4])  # splits differ
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"clases": 5}, r"unknown option 'clases' for data set 'random' \(did you mean 'classes'"),
+        ({"classes": 1}, r"invalid classes=1: must be an integer >= 2"),
+        ({"n_train": 0}, r"invalid n_train=0: must be an integer >= 1"),
+        ({"size": "32"}, r"invalid size='32': must be an integer >= 1"),
+        ({"channels": True}, r"invalid channels=True"),
+        ({"seed": -1}, r"invalid seed=-1"),
+    ],
+)
+def test_random_bad_option_is_a_clear_error(options: dict, needle: str):
+    with pytest.raises(ValueError, match=needle):
+        load_dataset("random", **options)
+
+
+def test_random_trains_a_cifar_resnet(one_thread: None, tmp_path: Path):
+    from skiplab.models import create_model
+    from skiplab.models.registry import data_options
+    from skiplab.train import fit, get_recipe
+
+    d = load_dataset("random", n_train=64, n_test=32)
+    model = create_model("resnet-8", **data_options("resnet-8", d.input_shape, d.num_classes))
+    res = fit(model, d, get_recipe("quick", epochs=1, batch_size=32), tmp_path / "run",
+              device="cpu", model_name="resnet-8")  # fmt: skip
+    assert res.status == "finished"
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["data"] == "random" and run["data_options"]["n_train"] == 64
+
+
 # --------------------------------------------------------------------------- TensorData
 
 

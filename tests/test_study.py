@@ -164,6 +164,30 @@ def test_failed_run_is_recorded_and_study_goes_on(tmp_path: Path) -> None:
     assert "failed" in (tmp_path / "s" / "report.html").read_text()
 
 
+def test_study_yaml_on_random_data(tmp_path: Path, one_thread: None) -> None:
+    spec = {
+        "name": "noise",
+        "seeds": [0, 1],
+        "recipe": {"preset": "he2015-cifar", "epochs": 1, "batch_size": 32},
+        "groups": [
+            {
+                "name": "memorise",
+                "data": "random",
+                "data_options": {"n_train": 64, "n_test": 32, "classes": 5},
+                "models": ["resnet-8"],
+            }
+        ],
+    }
+    store = run_study(load_spec(write_spec(tmp_path, spec)), tmp_path / "s", device="cpu",
+                      report=False)  # fmt: skip
+    runs = store.runs()
+    assert [r["status"] for r in runs] == ["finished"] * 2
+    run = json.loads((tmp_path / "s" / "runs" / runs[0]["id"] / "run.json").read_text())
+    assert run["data"] == "random" and run["model_options"]["num_classes"] == 5
+    assert run["data_options"] == {"n_train": 64, "n_test": 32, "size": 32, "channels": 3,
+                                   "classes": 5, "seed": 0}  # fmt: skip
+
+
 def test_second_process_on_same_folder_is_refused(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, TINY)
     out = tmp_path / "out"

@@ -1,4 +1,4 @@
-"""Data: embedded sets (``digits``, ``shapes``), torchvision sets, on-device augmentation.
+"""Data: embedded sets (``digits``, ``shapes``, ``random``), torchvision sets, on-device augmentation.
 
 >>> from skiplab.data import load_dataset, iterate_batches
 >>> data = load_dataset("digits")

@@ -1,6 +1,6 @@
 """The data set registry: ``load_dataset(name, **options)`` and ``list_datasets()``.
 
-Embedded sets (``digits``, ``shapes``) need no files and no network. The torchvision
+Embedded sets (``digits``, ``shapes``, ``random``) need no files and no network. The torchvision
 sets are read from ``data_dir`` (default: ``$SKIPLAB_DATA``, else ``~/.cache/skiplab``)
 and downloaded there only when ``download=True``.
 """
@@ -18,6 +18,7 @@ from typing import Any
 
 from . import vision
 from .digits import load_digits_data
+from .noise import load_random_data
 from .shapes import load_shapes_data
 from .tensor_data import TensorData
 
@@ -47,6 +48,9 @@ def _entries() -> Mapping[str, DatasetEntry]:
                      "scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes)", True),
         DatasetEntry("shapes", load_shapes_data, "segmentation",
                      "generated scenes of circles, squares and triangles (4 classes)", True),
+        DatasetEntry("random", load_random_data, "classification",
+                     "Gaussian-noise images, random labels; CIFAR-shaped by default (benchmarks)",
+                     True),
         DatasetEntry("cifar10", vision.load_cifar10, "classification",
                      "CIFAR-10, 32x32 colour, 10 classes (torchvision)", False),
         DatasetEntry("cifar100", vision.load_cifar100, "classification",
@@ -98,7 +102,8 @@ def load_dataset(
 
     ``options`` are the set's own (``get_dataset_entry(name).options()`` lists them, e.g.
     ``shapes``: ``size``, ``n_train``, ``seed``; ``digits``: ``test_size``,
-    ``split_seed``). ``data_dir`` and ``download`` matter only for the torchvision sets;
+    ``split_seed``; ``random``: ``n_train``, ``n_test``, ``size``, ``channels``,
+    ``classes``, ``seed``). ``data_dir`` and ``download`` matter only for the torchvision sets;
     offline, a missing set raises ``ValueError`` saying which files to put where.
     """
     entry = get_dataset_entry(name)

@@ -23,16 +23,10 @@ import numpy as np
 import torch
 
 from ..models.layers import invalid
-from .tensor_data import TensorData, standardise
+from .tensor_data import TensorData, check_int, standardise
 
 CLASSES = ("background", "circle", "square", "triangle")
 MIN_CELL = 8  # pixels per grid cell: smaller shapes stop being recognisable
-
-
-def _check_int(option: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise invalid(option, value, f"must be an integer >= {low}")
-    return value
 
 
 def make_scenes(
@@ -106,12 +100,12 @@ def load_shapes_data(
     change the test set. Standard augmentation: ``"seg-flip"`` (the classes are
     mirror-symmetric).
     """
-    size = _check_int("size", size, MIN_CELL)
-    n_train = _check_int("n_train", n_train, 1)
-    n_test = _check_int("n_test", n_test, 1)
-    max_shapes = _check_int("max_shapes", max_shapes, 1)
-    channels = _check_int("channels", channels, 1)
-    seed = _check_int("seed", seed, 0)
+    size = check_int("size", size, MIN_CELL)
+    n_train = check_int("n_train", n_train, 1)
+    n_test = check_int("n_test", n_test, 1)
+    max_shapes = check_int("max_shapes", max_shapes, 1)
+    channels = check_int("channels", channels, 1)
+    seed = check_int("seed", seed, 0)
     if isinstance(noise, bool) or not isinstance(noise, int | float) or not 0 <= noise < math.inf:
         raise invalid("noise", noise, "must be a finite number >= 0")
     fit = (size // MIN_CELL) ** 2

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..models.layers import invalid
+
 TASKS = ("classification", "segmentation")
 
 
@@ -103,6 +105,13 @@ class TensorData:
             f"num_classes={self.num_classes}, augment={self.augment!r}, "
             f"device={self.train_x.device})"
         )
+
+
+def check_int(option: str, value: object, low: int) -> int:
+    """``value`` if it is an integer >= ``low`` (not a bool); else the one-line ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise invalid(option, value, f"must be an integer >= {low}")
+    return value
 
 
 def standardise(train_x: Tensor, test_x: Tensor) -> tuple[Tensor, Tensor, list[float], list[float]]:
