@@ -272,3 +272,24 @@ def test_builtin_full_scale_specs_run_with_tiny_overrides(tmp_path: Path, name: 
     assert all(r["status"] == "finished" for r in store.runs()), [r["error"] for r in store.runs()]
     full = load_spec(name)
     assert full.reproduces and all(r.data != "digits" for r in full.runs())
+
+
+@pytest.mark.parametrize("dies_once", [True, False])
+def test_local_pool_survives_a_dead_worker(tmp_path: Path, dies_once: bool) -> None:
+    """A worker process that dies breaks the pool; its jobs start again in a fresh pool
+    (once), a job that kills every worker is recorded as failed, and every job is recorded
+    exactly once."""
+    from pool_jobs import KillsWorker
+    from skiplab.study.runner import Job, LocalExecutor
+
+    jobs = [Job(name, "run", {}) for name in "abcd"]
+    started, recorded = [], []
+    fn = KillsWorker("b", str(tmp_path / "died") if dies_once else None)
+    LocalExecutor(workers=2).map(jobs, fn, on_start=lambda j: started.append(j.job_id),
+                                 on_done=lambda j, out: recorded.append((j.job_id, out)))  # fmt: skip
+    assert sorted(started) == list("abcd") and sorted(j for j, _ in recorded) == list("abcd")
+    status = {j: out["status"] for j, out in recorded}
+    assert status == {"a": "finished", "b": "finished" if dies_once else "failed",
+                      "c": "finished", "d": "finished"}  # fmt: skip
+    if not dies_once:
+        assert "worker process died" in dict(recorded)["b"]["error"]

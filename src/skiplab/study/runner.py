@@ -16,6 +16,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -136,10 +137,17 @@ class Job:
 
 
 class LocalExecutor:
-    """Runs jobs in this process (workers=1) or in a pool of worker processes."""
+    """Runs jobs in this process (workers=1) or in a pool of worker processes.
 
-    def __init__(self, workers: int = 1) -> None:
-        self.workers = workers
+    A worker process that dies (killed, out of memory, a crash in native code) breaks the
+    whole pool and every job in flight with it: those jobs then run again one at a time,
+    each in a process of its own (so a job that kills its worker takes no other job with
+    it), at most ``retries`` more times before it is recorded as failed; then the other
+    jobs go on in a fresh pool.
+    """
+
+    def __init__(self, workers: int = 1, retries: int = 1) -> None:
+        self.workers, self.retries = workers, retries
 
     def map(self, jobs: list[Job], fn: Callable[[Job], dict[str, Any]], on_start: Callable[[Job], None],
             on_done: Callable[[Job, dict[str, Any]], None]) -> None:  # fmt: skip
@@ -148,22 +156,58 @@ class LocalExecutor:
                 on_start(job)
                 on_done(job, fn(job))
             return
-        with ProcessPoolExecutor(self.workers, mp_context=get_context("spawn")) as pool:
-            pending: dict[Future, Job] = {}
-            queue = list(jobs)
-            while queue or pending:
-                while queue and len(pending) < self.workers:
-                    job = queue.pop(0)
+        queue = list(jobs)
+        tries: dict[str, int] = {}
+        args = (tries, fn, on_start, on_done)
+        while queue:
+            with ProcessPoolExecutor(self.workers, mp_context=get_context("spawn")) as pool:
+                suspects, queue = self._run_pool(pool, self.workers, queue, *args)
+            while suspects:
+                with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as solo:
+                    again, _ = self._run_pool(solo, 1, suspects[:1], *args)
+                suspects = again + suspects[1:]
+
+    def _run_pool(self, pool: ProcessPoolExecutor, workers: int, queue: list[Job], tries: dict[str, int],
+                  fn: Callable[[Job], dict[str, Any]], on_start: Callable[[Job], None],
+                  on_done: Callable[[Job, dict[str, Any]], None]) -> tuple[list[Job], list[Job]]:  # fmt: skip
+        """Run jobs until the queue is empty or the pool breaks; return the jobs that were in
+        flight when it broke (to run again) and those not started."""
+        queue = list(queue)
+        pending: dict[Future, Job] = {}
+        redo: list[Job] = []
+        broken = False
+        while queue or pending:
+            while queue and len(pending) < workers and not broken:
+                job = queue[0]
+                try:
+                    fut = pool.submit(fn, job)
+                except BrokenProcessPool:  # found broken before any of its futures said so
+                    broken = True
+                    break
+                queue.pop(0)
+                if job.job_id not in tries:
                     on_start(job)
-                    pending[pool.submit(fn, job)] = job
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    job = pending.pop(fut)
-                    try:
-                        out = fut.result()
-                    except Exception as err:  # noqa: BLE001 - a worker died
-                        out = {"status": "failed", "error": f"worker failed: {err}", "results": []}
-                    on_done(job, out)
+                tries[job.job_id] = tries.get(job.job_id, 0) + 1
+                pending[fut] = job
+            if not pending:
+                break
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                job = pending.pop(fut)
+                try:
+                    out = fut.result()
+                except BrokenProcessPool as err:  # a worker died: every job in flight is lost
+                    broken = True
+                    if tries[job.job_id] <= self.retries:
+                        log.warning("a worker process died; %s starts again", job.job_id)
+                        redo.append(job)
+                        continue
+                    out = {"status": "failed", "results": [],
+                           "error": f"worker process died ({err}); tried {tries[job.job_id]} times"}  # fmt: skip
+                except Exception as err:  # noqa: BLE001 - e.g. a result that cannot be unpickled
+                    out = {"status": "failed", "error": f"worker failed: {err}", "results": []}
+                on_done(job, out)
+        return redo, queue
 
 
 class _JobFn:
