@@ -3,25 +3,34 @@ ResNet-110 (54 units) against one forward + backward of the same batch (eval mod
 gradient w.r.t. the input and the weights), measured side by side in one run.
 
     python benchmarks/pathgrad_cost.py [--device cpu|cuda] [--batch 16] [--repeats 3]
-                                       [--samples 0 2] [--json]
+        [--precision fp32 bf16] [--max-length 20] [--samples 2] [--threads N] [--json]
 
-Prints the ratio path_gradients / (forward + backward) for each ``samples`` value
-(samples=0: exact parts only; samples>0 adds Veit et al.'s sampled single paths).
-Target for the exact parts: <= 4x.
+For each precision it times one forward + backward (bf16: the forward under
+``torch.autocast``) and path_gradients with samples=0: the exact parts, and the exact parts
+up to ``--max-length`` plus one remainder; each ratio is against the forward + backward in
+the same precision. ``--samples S`` adds fp32 runs with Veit et al.'s S sampled single paths
+per length. Precisions default to fp32 and bf16 on a GPU, fp32 alone on a CPU (CPUs
+without bf16 units emulate it slowly). Target (ResNet-110, batch 128, GPU): <= 4x.
+
+    python benchmarks/pathgrad_cost.py --device cuda --batch 128 --json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 import skiplab
+from skiplab.analysis.blocks import find_units
 from skiplab.analysis.pathgrad import path_gradients
 
 
@@ -30,20 +39,23 @@ def sync(dev: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def fwd_bwd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    sync(x.device)
-    t = time.perf_counter()
+def fwd_bwd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str) -> None:
     xg = x.clone().requires_grad_(True)
-    F.cross_entropy(model(xg), y).backward()
-    sync(x.device)
-    return time.perf_counter() - t
+    autocast = (
+        torch.autocast(x.device.type, dtype=torch.bfloat16)
+        if precision == "bf16"
+        else contextlib.nullcontext()
+    )
+    with autocast:
+        loss = F.cross_entropy(model(xg).float(), y)
+    loss.backward()
 
 
-def pathgrad_time(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, samples: int) -> float:
-    sync(x.device)
+def timed(fn: Callable[[], Any], dev: torch.device) -> float:
+    sync(dev)
     t = time.perf_counter()
-    path_gradients(model, x, y, samples=samples)
-    sync(x.device)
+    fn()
+    sync(dev)
     return time.perf_counter() - t
 
 
@@ -55,48 +67,85 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--model", default="resnet-110")
-    p.add_argument("--samples", type=int, nargs="+", default=[0, 2])
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=None)
+    p.add_argument("--max-length", type=int, nargs="*", default=[20])
+    p.add_argument("--samples", type=int, nargs="*", default=[])
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     dev = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    precisions = args.precision or (["fp32", "bf16"] if dev.type == "cuda" else ["fp32"])
     torch.manual_seed(0)
     model = skiplab.create_model(args.model).to(dev).eval()
-    x = torch.randn(args.batch, 3, 32, 32, device=dev)
+    units = len(find_units(model))
+    x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=dev)
     y = torch.randint(0, 10, (args.batch,), device=dev)
-    fwd_bwd(model, x, y)  # warm-up
-    for s in args.samples:
-        pathgrad_time(model, x, y, s)
-    base: list[float] = []
-    times: dict[int, list[float]] = {s: [] for s in args.samples}
+
+    # (name, precision, kwargs); the baselines first, one per precision.
+    cases: list[tuple[str, str, dict[str, Any]]] = []
+    for prec in precisions:
+        cases.append((f"forward + backward ({prec})", prec, {}))
+    for prec in precisions:
+        cases.append((f"exact parts ({prec})", prec, {"samples": 0}))
+        for k in args.max_length:
+            cases.append((f"max_length={k} ({prec})", prec, {"samples": 0, "max_length": k}))
+    for s in (s for s in args.samples if s > 0):  # samples=0: the exact parts above
+        cases.append((f"exact parts + samples={s} (fp32)", "fp32", {"samples": s}))
+
+    def run(prec: str, kwargs: dict[str, Any]) -> Callable[[], Any]:
+        if not kwargs:
+            return lambda: fwd_bwd(model, x, y, prec)
+        return lambda: path_gradients(model, x, y, precision=prec, **kwargs)
+
+    fns = [run(prec, kw) for _, prec, kw in cases]
+    peak_mb: list[float | None] = []
+    for fn in fns:  # warm-up, and the peak memory of each case
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        timed(fn, dev)
+        peak_mb.append(torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None)
+    times: list[list[float]] = [[] for _ in cases]
     for _ in range(args.repeats):  # interleaved, so drift hits all of them
-        base.append(fwd_bwd(model, x, y))
-        for s in args.samples:
-            times[s].append(pathgrad_time(model, x, y, s))
+        for t, fn in zip(times, fns, strict=True):
+            t.append(timed(fn, dev))
     model.zero_grad(set_to_none=True)
-    b = statistics.median(base)
+    ms = [1e3 * statistics.median(t) for t in times]
+    base = {prec: ms[i] for i, prec in enumerate(precisions)}
     result = {
         "model": args.model,
-        "fwd_bwd_ms": 1e3 * b,
-        "path_gradients_ms": {s: 1e3 * statistics.median(t) for s, t in times.items()},
-        "ratio": {s: statistics.median(t) / b for s, t in times.items()},
+        "units": units,
+        "batch": args.batch,
         "device": torch.cuda.get_device_name(dev)
         if dev.type == "cuda"
         else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
-        "batch": args.batch,
         "torch": torch.__version__,
+        "repeats": args.repeats,
+        "fwd_bwd_ms": base,
+        "cases": [
+            {
+                "name": name,
+                "precision": prec,
+                **kw,
+                "ms": v,
+                "ratio": v / base[prec],
+                "peak_mem_mb": mem,
+            }
+            for (name, prec, kw), v, mem in zip(cases, ms, peak_mb, strict=True)
+            if kw
+        ],
     }
     if args.json:
         print(json.dumps(result))
         return
-    print(f"{args.model}, batch {args.batch}, {result['device']}:")
-    print(f"  forward + backward         {result['fwd_bwd_ms']:.1f} ms")
-    for s in args.samples:
-        what = "exact parts only" if s == 0 else f"parts + {s} sampled paths per k"
-        print(
-            f"  path_gradients samples={s:<3} {result['path_gradients_ms'][s]:.1f} ms  "
-            f"ratio {result['ratio'][s]:.2f}x  ({what})"
-        )
+    print(f"{args.model} ({units} units), batch {args.batch}, {result['device']}:")
+    for (name, prec, kw), v, mem in zip(cases, ms, peak_mb, strict=True):
+        ratio = f"{v / base[prec]:6.2f}x {prec} forward + backward" if kw else ""
+        peak = f"  peak {mem:7.0f} MiB" if mem is not None else ""
+        print(f"  {name:<34} {v:9.1f} ms  {ratio}{peak}")
     print("  target: exact parts <= 4x forward + backward")
 
 

@@ -16,6 +16,8 @@ from torch import nn
 import skiplab
 from skiplab.analysis.pathgrad import PathGradients, path_gradients
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     model.eval()
@@ -111,6 +113,12 @@ def test_linear_net_parts_are_brute_force_path_sums() -> None:
     assert r.per_path_norm == pytest.approx([sum(p) / len(p) for p in per_path], rel=1e-12)
     assert r.norms == pytest.approx([float(e.norm()) for e in expected], rel=1e-12)
 
+    # max_length=1: parts 0 and 1, then one remainder with the paths through 2 or 3 branches.
+    r1 = path_gradients(net, x, y, blocks=[f"units.{i}" for i in range(3)], max_length=1)
+    torch.testing.assert_close(r1.parts[:2], expected[:2], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(r1.parts[2], expected[2] + expected[3], rtol=1e-12, atol=1e-14)
+    assert r1.counts == [1, 3, 4] and r1.max_length == 1
+
 
 def test_resmlp_identity_act_matches_brute_force_total() -> None:
     torch.manual_seed(0)
@@ -170,3 +178,103 @@ def test_mode_restored_grads_untouched_result_contract() -> None:
     assert (lo, hi) == (0, 3) or sum(r.total_share[lo : hi + 1]) >= 1.0 - 1e-9
     ax = r.plot()
     assert ax.get_xlabel().startswith("path length")
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("resnet-20", {}),  # ReLU after the addition, zero-pad shortcuts
+        ("preact-resnet-20", {"shortcut": "projection"}),  # nothing after the addition
+        ("resnet-8", {"shortcut": "exclusive-gating", "gate_bias": -1.0}),
+    ],
+)
+@pytest.mark.parametrize("max_length", [0, 2])
+def test_max_length_remainder_is_the_sum_of_the_longer_parts(
+    name: str, options: dict, max_length: int
+) -> None:
+    torch.manual_seed(0)
+    model = skiplab.create_model(name, width=0.25, **options).double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 10, (2,))
+    full = path_gradients(model, x, y, samples=0)
+    r = path_gradients(model, x, y, samples=1, max_length=max_length)
+    units = len(r.units)
+    k = max_length
+    assert r.parts.shape == (k + 2, *x.shape) and r.max_length == k
+    torch.testing.assert_close(r.parts[: k + 1], full.parts[: k + 1], rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(r.parts[-1], full.parts[k + 1 :].sum(0), rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(r.parts.sum(0), input_grad(model, x, y), rtol=1e-10, atol=1e-13)
+    assert r.counts[: k + 1] == full.counts[: k + 1] and sum(r.counts) == 2**units
+    assert r.norms == pytest.approx([float(p.norm()) for p in r.parts], rel=1e-12)
+    # The sampled single paths do not depend on max_length.
+    assert r.per_path_norm is not None and len(r.per_path_norm) == units + 1
+    assert "remainder" in r.summary() and f"max_length={k}" in repr(r)
+    assert r.to_dict()["max_length"] == k
+    assert r.plot().get_xlabel().startswith("path length")
+
+
+def test_max_length_at_least_units_is_the_full_split() -> None:
+    torch.manual_seed(0)
+    model = skiplab.create_model("resnet-8", width=0.25).double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    y = torch.tensor([0, 1])
+    full = path_gradients(model, x, y, samples=0)
+    for k in (3, 10):
+        r = path_gradients(model, x, y, samples=0, max_length=k)
+        assert r.max_length is None and r.counts == [1, 3, 3, 1]
+        torch.testing.assert_close(r.parts, full.parts, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"max_length": -1}, "max_length"),
+        ({"max_length": 1.5}, "max_length"),
+        ({"max_length": True}, "max_length"),
+        ({"max_length": "3"}, "max_length"),
+        ({"precision": "fp16"}, "'fp32', 'bf16'"),
+        ({"precision": None}, "precision"),
+    ],
+)
+def test_bad_max_length_or_precision_raises(kwargs: dict, match: str) -> None:
+    model = skiplab.create_model("resnet-8", width=0.25)
+    with pytest.raises(ValueError, match=match):
+        path_gradients(model, torch.randn(2, 3, 8, 8), torch.tensor([0, 1]), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [("resnet-8", {}), ("preact-resnet-8", {"shortcut": "all-projection"})],
+)
+def test_bf16_parts_close_to_fp32_in_input_dtype(name: str, options: dict) -> None:
+    torch.manual_seed(0)
+    model = skiplab.create_model(name, width=0.5, **options)
+    x = torch.randn(2, 3, 8, 8)
+    y = torch.tensor([3, 4])
+    full = path_gradients(model, x, y, samples=0)
+    r = path_gradients(model, x, y, samples=1, precision="bf16", max_length=1)
+    assert r.parts.dtype == torch.float32 and r.precision == "bf16"
+    # bf16 rounding and ReLU masks recomputed in bf16: a plain bf16 autocast input gradient
+    # of these nets is off by about 10% too.
+    g = input_grad(model, x, y)
+    assert float((r.parts.sum(0) - g).norm() / g.norm()) < 0.15
+    assert float((r.parts[:2] - full.parts[:2]).norm() / full.parts[:2].norm()) < 0.15
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_parts_sum_and_bf16() -> None:
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).norm() / b.norm())
+
+    torch.manual_seed(0)
+    model = skiplab.create_model("resnet-20", width=0.5).cuda()
+    x = torch.randn(4, 3, 16, 16, device="cuda")
+    y = torch.randint(0, 10, (4,), device="cuda")
+    g = input_grad(model, x, y)
+    r = path_gradients(model, x, y, samples=1)
+    assert r.parts.device.type == "cuda" and r.parts.dtype == torch.float32
+    assert rel(r.parts.sum(0), g) < 1e-2  # TF32 convolutions
+    k = path_gradients(model, x, y, samples=0, max_length=3)
+    assert rel(k.parts[:4], r.parts[:4]) < 1e-2 and rel(k.parts[4], r.parts[4:].sum(0)) < 1e-2
+    b = path_gradients(model, x, y, samples=0, precision="bf16")
+    assert b.parts.dtype == torch.float32 and rel(b.parts.sum(0), g) < 0.2

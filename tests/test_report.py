@@ -209,3 +209,19 @@ def test_renders_in_chromium(study: Path, tmp_path: Path) -> None:
     bad = [line for line in dom.stderr.splitlines() + run.stderr.splitlines()
            if "CONSOLE" in line or "Uncaught" in line or "net::ERR" in line]  # fmt: skip
     assert not bad, bad
+
+
+def test_pathgrad_findings_read_a_max_length_split() -> None:
+    """A split with max_length=K: the report counts paths over all U units and leaves the
+    remainder row (all lengths > K at once) out of the per-length shares."""
+    from skiplab.report.findings import gradient_share, path_counts, pathgrad_findings
+
+    torch.manual_seed(0)
+    model = create_model("resnet-20", in_channels=1, num_classes=10)
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    full = A.path_gradients(model, x, y, samples=0).to_dict()
+    cut = A.path_gradients(model, x, y, samples=0, max_length=3).to_dict()
+    assert path_counts(cut) == path_counts(full) == [int(c) for c in full["counts"]]
+    assert len(gradient_share(cut)) == 4  # rows 0..3, not the remainder
+    text, _ = pathgrad_findings({"full": [full], "cut": [cut]})
+    assert sum("(9 units, 512 paths)" in t for t in text) == 2

@@ -10,10 +10,19 @@ splits exactly into U+1 parts
 
 Veit et al. *sampled* single paths to estimate the gradient per path length (their
 Fig. 6); here the parts are computed exactly, by walking the units backwards with a
-stack of cotangents (one per k) pushed through batched vector-Jacobian products at the
-actual forward point. With the model in eval mode BN is a fixed affine map and every
-post-addition op (ReLU, BN after addition) is linear in its cotangent, so nothing is
-approximated: ``parts.sum(0)`` is the autograd input gradient.
+stack of cotangents (row k: paths through k branches so far) pushed through batched
+vector-Jacobian products at the actual forward point. A unit maps the stack as
+
+    row k  ->  S_u^T row k + B_u^T row k-1,
+
+so unit u (counted from the loss) pushes its u live rows through the branch: about
+U(U+1)/2 branch VJPs in all, batched into one call per unit. ``max_length=K`` keeps rows
+0..K and one remainder row R (paths through more than K branches), R -> (S_u + B_u)^T R +
+B_u^T row K, which caps the stack at K+2 rows. With the model in eval mode BN is a fixed
+affine map and every post-addition op (ReLU, BN after addition) is linear in its
+cotangent, so nothing is approximated: ``parts.sum(0)`` is the autograd input gradient.
+``precision="bf16"`` takes the unit VJPs under bfloat16 autocast instead (the forward
+point and the stack stay in the input's dtype): cheaper on GPUs, no longer exact.
 
 Gates (He et al. 2016, Fig. 2c-d): a gated unit computes (1 - g(x)) * s(x) + g(x) * b(x)
 (or + b(x) for shortcut-only gating). The gradient that flows into x through the gate
@@ -23,6 +32,7 @@ function of x, so only the path through (1 - g) * s(x) counts as a shortcut path
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -31,13 +41,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
+from ..models.layers import check_choice, invalid
 from .blocks import UnitView, find_units
 from .gradflow import LossFn, default_loss, module_mode
 from .result import Result, new_axes, to_jsonable
 
 log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16")
 
 
 def record_units(
@@ -104,69 +119,159 @@ def _reaches(root: Tensor, stop: Tensor | None, target: Any) -> bool:
     return False
 
 
-def _vjp(out: Tensor, inp: Tensor, cot: Tensor, retain: bool = False) -> Tensor:
-    """Batched VJP: ``cot`` is ``[B, *out.shape]``; returns ``[B, *inp.shape]``."""
+def _vjp(out: Tensor, inp: Tensor, cot: Tensor) -> Tensor:
+    """Batched VJP through the recorded graph: ``cot`` is ``[B, *out.shape]``; returns
+    ``[B, *inp.shape]``.
+
+    ``torch.func.vmap`` over ``autograd.grad``, not ``is_grads_batched=True``: the latter
+    uses the legacy vmap prototype, which has no batching rule for convolution or batch
+    norm backward and loops over the rows (about 5x slower through a conv + BN stem).
+    """
     if cot.shape[0] == 0:
         return cot.new_zeros((0, *inp.shape))
     if out is inp:
         return cot
-    (g,) = torch.autograd.grad(
-        out, inp, cot, retain_graph=retain, is_grads_batched=True, allow_unused=True
-    )
-    return g if g is not None else cot.new_zeros((cot.shape[0], *inp.shape))
+
+    def pull(c: Tensor) -> Tensor:
+        (g,) = torch.autograd.grad(out, inp, c, retain_graph=True, allow_unused=True)
+        return torch.zeros_like(inp) if g is None else g
+
+    return torch.func.vmap(pull)(cot)
 
 
-def _unit_vjp(view: UnitView, x: Tensor, cot: Tensor, m: int, take_branch: Tensor) -> Tensor:
-    """Push a cotangent stack back through one unit, split by path.
+def _batch_norm_args(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None, Tensor | None, bool, float]:
+    return input, running_mean, running_var, weight, bias, training, eps
 
-    ``cot[:m]`` is the parts stack (row k: paths through k branches so far); it comes back
-    with m + 1 rows (shortcut keeps k, branch and gate give k + 1). ``cot[m:]`` are single
-    sampled paths; row i takes the branch where ``take_branch[i]`` and the shortcut
-    elsewhere. Returns ``[m + 1 + n, *x.shape]``.
 
-    The VJPs are ``torch.func.vjp`` pulled back under ``vmap`` over the stack, which
-    batches eval-mode BN and conv backward into single calls.
+class _EvalBatchNormAsAffine(TorchFunctionMode):
+    """Eval-mode ``F.batch_norm`` computed as the per-channel affine map it is.
+
+    Under ``vmap`` over a cotangent stack, PyTorch's batch-norm backward rule moves the
+    stack dimension into the channel dimension, copying the stack in and out of every BN
+    backward; the backward of ``x * scale + shift`` is one broadcast multiply that reads
+    the stack in place. Used only while a unit's forward is re-run for its VJPs.
     """
-    x = x.detach()
-    identity = [False]
 
-    def shortcut(t: Tensor) -> Tensor:
-        out = view.shortcut(t)
-        identity[0] = out is t
-        return out
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = kwargs or {}
+        if func is not F.batch_norm:
+            return func(*args, **kwargs)
+        x, mean, var, weight, bias, training, eps = _batch_norm_args(*args, **kwargs)
+        if training or mean is None or var is None:
+            return func(*args, **kwargs)
+        scale = torch.rsqrt(var + eps)
+        if weight is not None:
+            scale = scale * weight
+        shift = -mean * scale
+        if bias is not None:
+            shift = shift + bias
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * scale.to(x.dtype).view(shape) + shift.to(x.dtype).view(shape)
 
-    # Under no_grad the outer autograd records nothing (the parameters require grad, and
-    # the stacks would otherwise keep every unit's batched backward alive); torch.func.vjp
-    # still differentiates, as function transforms ignore an outer no_grad.
-    with torch.no_grad():
-        s, vjp_s = torch.func.vjp(shortcut, x)
-        b, vjp_b = torch.func.vjp(view.branch, x)
-        gated = getattr(view.module, "gate", None) is not None
-        if gated:  # gates read x directly; see the module docstring
-            y, vjp_f = torch.func.vjp(view.finish, s, b, x)
-        else:
-            y, vjp_f = torch.func.vjp(lambda s_, b_: view.finish(s_, b_, x), s, b)
-        if not gated and view.post_is_identity() and s.shape == b.shape == y.shape:
-            gs, gb, gx = cot, cot, None  # out = s + b: the VJP copies the cotangent to both
-        else:
-            grads = torch.func.vmap(vjp_f)(cot)
-            gs, gb = grads[0], grads[1]
-            gx = grads[2] if gated else None
-        tb = take_branch
-        # One batched VJP per path kind: parts rows + the sampled paths that take it here.
-        cs = torch.cat([gs[:m], gs[m:][~tb]])
-        gx_s = cs if identity[0] else torch.func.vmap(vjp_s)(cs)[0]
-        gx_b = torch.func.vmap(vjp_b)(torch.cat([gb[:m], gb[m:][tb]]))[0]
-        if gx is not None:
-            gx_b = gx_b + torch.cat([gx[:m], gx[m:][tb]])
-        n = cot.shape[0] - m
-        new = x.new_zeros((m + 1 + n, *x.shape))
-        new[:m] += gx_s[:m]
-        new[1 : m + 1] += gx_b[:m]
-        paths = new[m + 1 :]
-        paths[~tb] = gx_s[m:]
-        paths[tb] = gx_b[m:]
-        return new
+
+class _UnitPullback:
+    """The VJPs of one unit at its recorded input, each batched (``vmap``) over a stack of
+    cotangents: ``post`` through what follows the addition (and the gate), ``shortcut``
+    and ``branch`` through the two paths.
+
+    ``torch.func.vjp`` re-runs the unit's forward once; under ``no_grad`` the outer
+    autograd records nothing (function transforms ignore an outer no_grad), so each
+    unit's graph is freed when the walk moves on.
+    """
+
+    def __init__(self, view: UnitView, x: Tensor, autocast: Any) -> None:
+        x = x.detach()
+        self.x_shape = x.shape
+        identity = [False]
+
+        def shortcut(t: Tensor) -> Tensor:
+            out = view.shortcut(t)
+            identity[0] = out is t
+            return out
+
+        with torch.no_grad(), autocast, _EvalBatchNormAsAffine():
+            s, self._vjp_s = torch.func.vjp(shortcut, x)
+            b, self._vjp_b = torch.func.vjp(view.branch, x)
+            self._branch_dtype = b.dtype  # bfloat16 under autocast
+            self.gated = getattr(view.module, "gate", None) is not None
+            self._vjp_f: Callable | None = None
+            if self.gated:  # gates read x directly; see the module docstring
+                _, self._vjp_f = torch.func.vjp(view.finish, s, b, x)
+            elif not (view.post_is_identity() and s.shape == b.shape == x.shape):
+                _, self._vjp_f = torch.func.vjp(lambda s_, b_: view.finish(s_, b_, x), s, b)
+            # else out = s + b: the VJP hands the cotangent to both paths unchanged.
+        self.identity_shortcut = identity[0]
+
+    def post(self, cot: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Cotangents of (shortcut output, branch output, gate input x)."""
+        if self._vjp_f is None:
+            return cot, cot, None
+        with torch.no_grad():
+            grads = torch.func.vmap(self._vjp_f)(cot)
+        return grads[0], grads[1], grads[2] if self.gated else None
+
+    def shortcut(self, cot: Tensor) -> Tensor:
+        if self.identity_shortcut:
+            return cot
+        if cot.shape[0] == 0:
+            return cot.new_zeros((0, *self.x_shape))
+        with torch.no_grad():
+            return torch.func.vmap(self._vjp_s)(cot)[0]
+
+    def branch(self, cot: Tensor) -> Tensor:
+        if cot.shape[0] == 0:
+            return cot.new_zeros((0, *self.x_shape))
+        with torch.no_grad():
+            return torch.func.vmap(self._vjp_b)(cot.to(self._branch_dtype))[0]
+
+
+def _push_parts(pull: _UnitPullback, stack: Tensor, m: int, rows: int) -> tuple[Tensor, int]:
+    """Push the parts back through one unit: ``stack[:m]`` holds row k = gradient of the
+    paths through k branches after the unit. Returns the stack before the unit and its
+    number of live rows: m + 1, or m when it is full (``rows``: then the last row is the
+    remainder, which collects everything that leaves the previous row through the branch).
+
+    The stack is a buffer of ``rows`` rows, reused while the unit keeps the shape, so that
+    a unit costs the branch VJP of its live rows and one fused add into the shifted rows.
+    """
+    gs, gb, gx = pull.post(stack[:m])
+    gx_s = pull.shortcut(gs)  # [m, *x.shape]
+    gx_b = pull.branch(gb)  # [m, *x.shape]: row k goes to k + 1
+    if gx is not None:  # the gate's gradient counts as passing the branch
+        gx_b += gx
+    shape = (rows, *gx_s.shape[1:])
+    out = stack if stack.shape == shape else gx_s.new_empty(shape)
+    if out.data_ptr() != gx_s.data_ptr():
+        out[0] = gx_s[0]
+    torch.add(gx_s[1:m], gx_b[: m - 1], out=out[1:m])
+    if m < rows:
+        out[m] = gx_b[m - 1]
+        return out, m + 1
+    out[m - 1] += gx_b[m - 1]  # the remainder row R: (S + B)^T R + B^T (row K)
+    return out, m
+
+
+def _push_paths(pull: _UnitPullback, paths: Tensor, take_branch: Tensor) -> Tensor:
+    """Push single sampled paths back through one unit: row i takes the branch where
+    ``take_branch[i]`` (a CPU mask: the rows are gathered by index, with no device sync)
+    and the shortcut elsewhere."""
+    gs, gb, gx = pull.post(paths)
+    out = paths.new_empty((paths.shape[0], *pull.x_shape))
+    on_branch = take_branch.nonzero().squeeze(1).to(paths.device)
+    on_shortcut = (~take_branch).nonzero().squeeze(1).to(paths.device)
+    out.index_copy_(0, on_shortcut, pull.shortcut(gs.index_select(0, on_shortcut)))
+    g = pull.branch(gb.index_select(0, on_branch))
+    out.index_copy_(0, on_branch, g if gx is None else g + gx.index_select(0, on_branch))
+    return out
 
 
 def _sample_paths(num_units: int, samples: int, seed: int) -> tuple[Tensor, list[int], list[bool]]:
@@ -202,13 +307,19 @@ class PathGradients(Result):
     """The input gradient split by path length (number of residual branches passed).
 
     ``parts``: ``[U+1, *x.shape]``, the exact gradient carried by paths through k branches
-    (left out of ``to_dict``: it is as big as U+1 input batches). ``norms[k]`` =
-    ``|parts[k]|``; ``norm_share[k]`` = ``norms[k] / sum(norms)``. ``counts[k]`` = C(U, k),
-    exact ints. ``per_path_norm[k]``: mean gradient norm through one single path of
-    length k (Veit et al. 2016, Fig. 6a), exact where ``per_path_exact[k]`` (all paths
-    were taken) and otherwise a mean over ``samples`` random paths; None with samples=0.
-    ``total_share[k]``: Veit's total gradient magnitude per length, counts[k] *
-    per_path_norm[k], normalised to sum 1 (Fig. 6b); None with samples=0.
+    (left out of ``to_dict``: it is as big as U+1 input batches). With ``max_length=K``
+    (< U) it has K+2 rows: rows 0..K as before and a last, remainder row with the exact
+    gradient of all paths through more than K branches; ``parts.sum(0)`` is the input
+    gradient either way. ``norms[k]`` = ``|parts[k]|`` (last: ``|remainder|`` when
+    ``max_length`` is set); ``norm_share[k]`` = ``norms[k] / sum(norms)``. ``counts[k]`` =
+    C(U, k), exact ints, one per row of ``parts`` (the remainder row's: sum over k > K of
+    C(U, k)). ``max_length``: K, or None when ``parts`` is the full split.
+    ``per_path_norm[k]`` (k = 0..U): mean gradient norm through one single path of length
+    k (Veit et al. 2016, Fig. 6a), exact where ``per_path_exact[k]`` (all paths were taken)
+    and otherwise a mean over ``samples`` random paths; None with samples=0.
+    ``total_share[k]``: Veit's total gradient magnitude per length, C(U, k) *
+    per_path_norm[k], normalised to sum 1 (Fig. 6b); None with samples=0. ``precision``:
+    "fp32" (the VJPs in the input's dtype) or "bf16".
     """
 
     units: list[str]
@@ -222,6 +333,8 @@ class PathGradients(Result):
     grad_norm: float
     loss: float
     samples: int
+    max_length: int | None = None
+    precision: str = "fp32"
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -229,7 +342,8 @@ class PathGradients(Result):
 
     def effective_lengths(self, fraction: float = 0.9) -> tuple[int, int]:
         """The shortest range of path lengths [lo, hi] that holds ``fraction`` of the
-        gradient magnitude (``total_share`` if sampled, else ``norm_share``)."""
+        gradient magnitude (``total_share`` if sampled, else ``norm_share``; there, with
+        ``max_length=K``, hi = K + 1 stands for the remainder, lengths K+1..U)."""
         share = self.total_share if self.total_share is not None else self.norm_share
         best = (0, len(share) - 1)
         for lo in range(len(share)):
@@ -242,42 +356,64 @@ class PathGradients(Result):
                     break
         return best
 
+    def _row_label(self, k: int) -> str:
+        """``k=...`` for row k of ``parts``; ``k>K`` for the remainder row."""
+        remainder = self.max_length is not None and k > self.max_length
+        return f"k>{self.max_length}" if remainder else f"k={k}"
+
     def __repr__(self) -> str:
         peak = max(range(len(self.norms)), key=self.norms.__getitem__)
+        cap = "" if self.max_length is None else f", max_length={self.max_length}"
         return (
             f"PathGradients(units={len(self.units)}, grad_norm={self.grad_norm:.4g}, "
-            f"largest part k={peak}, samples={self.samples})"
+            f"largest part {self._row_label(peak)}, samples={self.samples}{cap})"
         )
 
     def summary(self) -> str:
         u = len(self.units)
         lo, hi = self.effective_lengths(0.9)
-        paths = sum(self.counts[lo : hi + 1])
-        which = "sampled single paths" if self.total_share is not None else "exact parts"
+        sampled = self.total_share is not None
+        counts = [math.comb(u, k) for k in range(u + 1)] if sampled else self.counts
+        paths = sum(counts[lo : hi + 1])
+        # The remainder row (max_length=K) stands for lengths K+1..U.
+        top = u if not sampled and self.max_length is not None and hi > self.max_length else hi
+        which = "sampled single paths" if sampled else "exact parts"
         peak = max(range(len(self.norms)), key=self.norms.__getitem__)
-        return "\n".join(
-            [
-                f"path gradients over {u} units (2^{u} paths), |dL/dx| = {self.grad_norm:.4g}",
-                f"largest part: paths through k={peak} branches ({self.norm_share[peak]:.1%} "
-                "of the summed part norms)",
-                f"90% of the gradient magnitude ({which}) comes from paths of length "
-                f"{lo}-{hi}: {paths / 2**u:.3g} of all paths (Veit et al. 2016, Fig. 6)",
-            ]
-        )
+        lines = [
+            f"path gradients over {u} units (2^{u} paths), |dL/dx| = {self.grad_norm:.4g}",
+            f"largest part: paths through {self._row_label(peak)} branches "
+            f"({self.norm_share[peak]:.1%} of the summed part norms)",
+            f"90% of the gradient magnitude ({which}) comes from paths of length "
+            f"{lo}-{top}: {paths / 2**u:.3g} of all paths (Veit et al. 2016, Fig. 6)",
+        ]
+        if self.max_length is not None:
+            lines.append(
+                f"paths through more than {self.max_length} branches are summed in one "
+                f"remainder part ({self.norm_share[-1]:.1%} of the summed part norms)"
+            )
+        return "\n".join(lines)
 
     def plot(self, ax: Any = None) -> Any:
         """Part norms and per-path norms against path length (log scale), with the share
-        of the total gradient per length as bars on a second axis (Veit et al. 2016, Fig. 6)."""
+        of the total gradient per length as bars on a second axis (Veit et al. 2016, Fig. 6).
+        A remainder part (``max_length``) is drawn apart, at K + 1."""
         ax = new_axes(ax)
+        exact = len(self.norms) - (self.max_length is not None)
         ks = list(range(len(self.norms)))
-        ax.semilogy(ks, [max(v, 1e-300) for v in self.norms], "o-", label="|g_k| (exact part)")
+        norms = [max(v, 1e-300) for v in self.norms]
+        ax.semilogy(ks[:exact], norms[:exact], "o-", label="|g_k| (exact part)")
+        if self.max_length is not None:
+            ax.semilogy(
+                ks[exact:], norms[exact:], "D", label=f"|remainder| (k > {self.max_length})"
+            )
         if self.per_path_norm is not None:
-            ax.semilogy(ks, self.per_path_norm, "s--", label="mean |g| of one path")
+            ax.semilogy(range(len(self.per_path_norm)), self.per_path_norm, "s--",
+                        label="mean |g| of one path")  # fmt: skip
         ax.set_xlabel("path length k (residual branches passed)")
         ax.set_ylabel("gradient norm")
         share = self.total_share if self.total_share is not None else self.norm_share
         twin = ax.twinx()
-        twin.bar(ks, share, alpha=0.25, color="gray")
+        twin.bar(range(len(share)), share, alpha=0.25, color="gray")
         twin.set_ylabel("share of total gradient")
         ax.legend(loc="upper right")
         ax.set_title("gradient by path length")
@@ -293,6 +429,8 @@ def path_gradients(
     blocks: Sequence[str | nn.Module] | None = None,
     samples: int = 2,
     seed: int = 0,
+    max_length: int | None = None,
+    precision: str = "fp32",
 ) -> PathGradients:
     """Split the input gradient of the loss exactly by path length (Veit et al. 2016).
 
@@ -305,18 +443,47 @@ def path_gradients(
             integer targets, MSE for float ones).
         samples: single paths sampled per length k for ``per_path_norm`` (all C(U, k)
             paths where that is no more than ``samples``); 0 skips them. Each sampled path
-            costs about as much as a k-unit backward pass.
+            costs about as much as a k-unit backward pass: samples=s adds about 2s times
+            the work of the exact parts.
         seed: seeds the path sampling (a private generator; global RNG untouched).
+        max_length: K splits off the paths through 0..K branches exactly and sums all
+            longer ones in one exact remainder part (``parts`` then has K+2 rows; its sum is
+            still the input gradient). None, or K >= U, gives the full split.
+        precision: "fp32" runs the VJPs in the input's dtype; "bf16" re-runs each unit and
+            takes its VJPs under ``torch.autocast`` with bfloat16 (on the input's device
+            type). The forward point, the loss gradient and the stack of parts stay in the
+            input's dtype, so ``parts`` comes back in it, summing to the input gradient up
+            to bf16 rounding (about 1e-2 relative) instead of exactly.
 
     The model runs in eval mode (the caller's mode is restored). Cost: the exact parts need
-    sum over units of (k rows so far) branch VJPs, about U/2 input-gradient backward passes
-    of work, done in O(U) batched calls (one VJP per unit and path kind). Measured on an H100,
-    ResNet-110 (U = 54): 5.4x one forward + backward at batch 16 and 7.5x at batch 128 for
-    the parts; 6.2x and 14x with samples=2 (benchmarks/pathgrad_cost.py).
+    sum over units of (rows so far) branch VJPs, U(U+1)/2 in all (1485 for ResNet-110,
+    U = 54): about U/2 input-gradient backward passes, or U/6 forward + backward passes,
+    of arithmetic, done in one batched call per unit; the stack of parts costs one fused
+    add per unit beyond that. ``max_length=K`` caps the rows at K + 2, about (K+2)(U - K/2)
+    branch VJPs (957 for K = 20), and saves more than that share of the time, as the rows
+    it drops are those of the early, largest feature maps. Measured on a 2-core CPU (one
+    thread), ResNet-110 at batch 16, fp32, samples=0 (benchmarks/pathgrad_cost.py): exact
+    parts 23x one forward + backward (42x before this stack and batching were reworked),
+    max_length=20 8.5x; the batched convolution backward and the elementwise passes over
+    the stack are memory-bound there, well above the U/6 = 9x of arithmetic.
     """
     loss_fn = loss_fn or default_loss
+    check_choice("precision", precision, PRECISIONS)
+    if max_length is not None and (
+        isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 0
+    ):
+        raise invalid("max_length", max_length, "must be a non-negative integer or None")
     units = find_units(model, blocks)  # a plain net raises, naming blocks=[...]
     num = len(units)
+    if max_length is not None and max_length >= num:
+        log.debug("max_length=%d >= %d units: the full split", max_length, num)
+        max_length = None  # no path is longer than U
+    rows = num + 1 if max_length is None else max_length + 2
+    autocast = (
+        torch.autocast(x.device.type, dtype=torch.bfloat16)
+        if precision == "bf16"
+        else contextlib.nullcontext()
+    )
     with module_mode(model, False), torch.enable_grad():
         xin = x.detach().clone().requires_grad_(True)
         records, out = record_units(model, units, xin)
@@ -339,22 +506,27 @@ def path_gradients(
                 )
         (g,) = torch.autograd.grad(loss, records[-1][1], retain_graph=True)
         mask, lengths, exact = _sample_paths(num, samples, seed)
-        n = mask.shape[0]
-        mask = mask.to(g.device)
-        stack = torch.cat([g.unsqueeze(0), g.unsqueeze(0).expand(n, *g.shape)])
-        m = 1  # parts rows; the rest are single sampled paths
+        stack, m = g.unsqueeze(0), 1  # [m, *shape]; row k: paths through k branches so far
+        paths = g.unsqueeze(0).expand(mask.shape[0], *g.shape)  # single sampled paths
         for u in range(num - 1, -1, -1):
             x_u = records[u][0]
-            stack = _unit_vjp(units[u], x_u, stack, m, mask[:, u])
-            m += 1
+            pull = _UnitPullback(units[u], x_u, autocast)
+            stack, m = _push_parts(pull, stack, m, rows)
+            if len(paths):
+                paths = _push_paths(pull, paths, mask[:, u])
             # Back through the non-unit code to the previous unit's output (or the input).
             prev = records[u - 1][1] if u > 0 else xin
-            stack = _vjp(x_u, prev, stack, retain=True)
-    parts = stack[:m].detach()  # [U+1, *x.shape]
-    path_norms = stack[m:].detach().flatten(1).norm(dim=1).tolist()
+            if x_u is not prev:
+                stack = _vjp(x_u, prev, stack[:m])
+                paths = _vjp(x_u, prev, paths)
+    parts = stack[:m].detach()  # [rows, *x.shape]
+    path_norms = paths.detach().flatten(1).norm(dim=1).tolist()
     norms = parts.flatten(1).norm(dim=1).tolist()
     total = sum(norms)
     counts = [math.comb(num, k) for k in range(num + 1)]
+    row_counts = counts if max_length is None else counts[: max_length + 1]
+    if max_length is not None:
+        row_counts.append(sum(counts[max_length + 1 :]))
     per_path: list[float] | None = None
     total_share: list[float] | None = None
     if samples > 0:
@@ -375,12 +547,14 @@ def path_gradients(
         parts=parts,
         norms=norms,
         norm_share=[v / total if total > 0 else 0.0 for v in norms],
-        counts=counts,
+        counts=row_counts,
         per_path_norm=per_path,
         per_path_exact=exact,
         total_share=total_share,
         grad_norm=float(parts.sum(0).norm()),
         loss=float(loss.detach()),
         samples=samples,
+        max_length=max_length,
+        precision=precision,
         meta={"model": type(model).__name__, "batch": int(x.shape[0]), "seed": seed},
     )

@@ -555,7 +555,19 @@ def effective(share: list[float], fraction: float = 0.9) -> tuple[int, int]:
 
 
 def gradient_share(res: dict[str, Any]) -> list[float]:
-    return [float(v or 0.0) for v in (res.get("total_share") or res.get("norm_share") or [])]
+    """Share of the gradient per path length: Veit's sampled totals, else the exact parts
+    (without the remainder row of a ``max_length`` split: it mixes all longer paths)."""
+    if res.get("total_share"):
+        return [float(v or 0.0) for v in res["total_share"]]
+    share = [float(v or 0.0) for v in res.get("norm_share") or []]
+    k = res.get("max_length")
+    return share[: k + 1] if isinstance(k, int) else share
+
+
+def path_counts(res: dict[str, Any]) -> list[int]:
+    """C(U, k) for k = 0..U, U = the number of units (also for a ``max_length`` split)."""
+    u = len(res.get("units") or []) or len(res.get("counts") or []) - 1
+    return [math.comb(u, k) for k in range(u + 1)] if u >= 0 else []
 
 
 def pathgrad_findings(by_label: dict[str, list[dict[str, Any]]]) -> tuple[list[str], list[Table]]:
@@ -564,7 +576,7 @@ def pathgrad_findings(by_label: dict[str, list[dict[str, Any]]]) -> tuple[list[s
     for label, results in by_label.items():
         res = results[0]
         share = gradient_share(res)
-        counts = [int(c) for c in res.get("counts") or []]
+        counts = path_counts(res)
         if not share or not counts:
             continue
         u = len(counts) - 1
