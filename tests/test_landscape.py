@@ -1,5 +1,5 @@
 """Loss landscapes (Li et al. 2018): filter normalisation, the centre, a closed form, and the
-batched evaluation against the per-point loop."""
+in-place and batched (vmap) evaluations against the per-point loop."""
 
 from __future__ import annotations
 
@@ -27,6 +27,25 @@ def small_cnn() -> nn.Module:
         nn.Flatten(),
         nn.Linear(6, 3),
     )
+
+
+def with_bn_stats(model: nn.Module) -> nn.Module:
+    """Running statistics and affine parameters far from (0, 1): BN folding must scale."""
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g))
+                m.running_var.copy_(torch.rand(c, generator=g) * 3 + 0.2)
+                if m.affine:
+                    m.weight.copy_(torch.rand(c, generator=g) * 2 + 0.2)
+                    m.bias.copy_(torch.randn(c, generator=g))
+    return model
+
+
+def values(res: LossLandscape, what: str = "values") -> torch.Tensor:
+    return torch.tensor(getattr(res, what), dtype=torch.float64)
 
 
 def cls_data(n: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +109,7 @@ def test_linear_regression_matches_closed_form():
 def test_vmap_equals_loop_and_batches_of_data():
     model = small_cnn()
     x, y = cls_data(30)
-    fast = loss_landscape(model, (x, y), dims=2, steps=4, points_per_batch=5, seed=2)
+    fast = loss_landscape(model, (x, y), dims=2, steps=4, points_per_batch=5, seed=2, method="vmap")
     slow = loss_landscape(model, (x, y), dims=2, steps=4, method="loop", seed=2)
     torch.testing.assert_close(torch.tensor(fast.values), torch.tensor(slow.values))
     torch.testing.assert_close(torch.tensor(fast.accuracy), torch.tensor(slow.accuracy))
@@ -118,6 +137,103 @@ def test_skiplab_resnet_result_contract(tmp_path):
     ax.figure.savefig(tmp_path / "l2.png")
 
 
+@pytest.mark.parametrize("ignore", ["biasbn", "none"])
+def test_inplace_equals_vmap_and_loop(ignore):
+    # biasbn: BN fixed, so it is folded into the convs (their directions scaled per
+    # channel); none: BN moves along the directions too, so nothing is folded.
+    model = with_bn_stats(small_cnn())
+    x, y = cls_data(20)
+    kw = {"dims": 2, "steps": 3, "seed": 3, "span": 0.8, "ignore": ignore}
+    fast = loss_landscape(model, (x, y), method="inplace", **kw)
+    loop = loss_landscape(model, (x, y), method="loop", **kw)
+    vmap = loss_landscape(model, (x, y), method="vmap", **kw)
+    assert fast.config["method"] == "inplace" and fast.config["precision"] == "fp32"
+    assert fast.config["folded_batchnorm"] == (2 if ignore == "biasbn" else 0)
+    for other in (loop, vmap):
+        torch.testing.assert_close(values(fast), values(other), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(values(fast, "accuracy"), values(other, "accuracy"))
+    assert fast.center_loss == pytest.approx(loop.center_loss, rel=1e-6)
+    # The landscape is not flat: equal values above are not trivially equal.
+    assert values(fast).max() - values(fast).min() > 0.1
+
+
+def test_inplace_folds_a_conv_bias_that_moves():
+    # ignore="none" moves the conv's bias; an affine-free BN has no parameters to move, so
+    # it is folded and the bias direction is scaled too.
+    torch.manual_seed(1)
+    model = with_bn_stats(
+        nn.Sequential(
+            nn.Conv2d(1, 3, 3),
+            nn.BatchNorm2d(3, affine=False),
+            nn.Flatten(),
+            nn.Linear(48, 3),
+        )
+    )
+    x, y = cls_data(10)
+    kw = {"dims": 1, "steps": 4, "span": 2.0, "ignore": "none"}
+    fast = loss_landscape(model, (x, y), method="inplace", **kw)
+    loop = loss_landscape(model, (x, y), method="loop", **kw)
+    assert fast.config["folded_batchnorm"] == 1
+    torch.testing.assert_close(values(fast), values(loop), rtol=1e-5, atol=1e-6)
+
+
+def test_inplace_splits_the_batch_to_fit_memory(monkeypatch):
+    from skiplab.analysis import landscape
+
+    model = with_bn_stats(small_cnn())
+    x, y = cls_data(12)
+    whole = loss_landscape(model, (x, y), dims=1, steps=3, method="inplace")
+    # A budget of 5 samples' activations: forward passes over chunks of 5, 5 and 2.
+    per_sample = 3 * landscape._largest_activation(model.eval(), x) * x.element_size()
+    monkeypatch.setattr(landscape, "_memory_budget", lambda _device: 5 * per_sample)
+    split = loss_landscape(model, (x, y), dims=1, steps=3, method="inplace")
+    torch.testing.assert_close(values(split), values(whole), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(values(split, "accuracy"), values(whole, "accuracy"))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_inplace_channels_last_path(monkeypatch, precision):
+    # The CUDA path (channels_last copy and input), run on the CPU.
+    from skiplab.analysis import landscape
+
+    model = with_bn_stats(small_cnn())
+    x, y = cls_data(12)
+    kw = {"dims": 1, "steps": 3, "span": 0.8, "method": "inplace", "precision": precision}
+    plain = loss_landscape(model, (x, y), **kw)
+    monkeypatch.setattr(landscape, "_use_channels_last", lambda _x: True)
+    nhwc = loss_landscape(model, (x, y), **kw)
+    assert nhwc.config["channels_last"] and not plain.config["channels_last"]
+    tol = {"rtol": 1e-5, "atol": 1e-6} if precision == "fp32" else {"rtol": 2e-2, "atol": 1e-3}
+    torch.testing.assert_close(values(nhwc), values(plain), **tol)
+
+
+def test_inplace_leaves_the_model_as_it_was():
+    model = with_bn_stats(small_cnn()).to(memory_format=torch.channels_last).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    types = [type(m) for m in model.modules()]
+    x, y = cls_data()
+    res = loss_landscape(model, (x, y), dims=1, steps=3, method="inplace", precision="bf16")
+    assert res.config["folded_batchnorm"] == 2
+    assert model.training and all(m.training for m in model.modules())
+    assert [type(m) for m in model.modules()] == types  # its BN layers were not folded
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]) and v.dtype == before[k].dtype, k
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_bf16_is_close_to_fp32():
+    model = with_bn_stats(small_cnn())
+    x, y = cls_data(20)
+    kw = {"dims": 2, "steps": 3, "seed": 3, "span": 0.8}
+    fp32 = loss_landscape(model, (x, y), **kw)
+    bf16 = loss_landscape(model, (x, y), precision="bf16", **kw)
+    assert fp32.config["method"] == "inplace"  # "auto"
+    assert bf16.config["precision"] == "bf16"
+    torch.testing.assert_close(values(bf16), values(fp32), rtol=5e-2, atol=1e-3)
+    assert values(bf16).tolist() != values(fp32).tolist()  # it did run in bfloat16
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -126,6 +242,9 @@ def test_skiplab_resnet_result_contract(tmp_path):
         ({"norm": "filters"}, "norm=.*allowed.*'filter'"),
         ({"ignore": "bn"}, "ignore=.*allowed.*'biasbn'"),
         ({"span": 0}, "span"),
+        ({"method": "fast"}, "method=.*allowed.*'auto', 'inplace', 'vmap', 'loop'"),
+        ({"precision": "bfloat16"}, "precision=.*allowed.*'fp32', 'bf16'"),
+        ({"precision": "bf16", "method": "vmap"}, "precision='bf16'.*method='inplace'"),
     ],
 )
 def test_bad_options(kwargs, match):

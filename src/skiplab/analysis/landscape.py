@@ -14,16 +14,32 @@ With ``ignore="biasbn"`` the direction is zero on every 1-D parameter (biases, B
 other norm scales and shifts), as in the paper's code; otherwise a 1-D parameter's
 direction is the parameter itself. Buffers (BN running statistics) are never moved.
 
-Evaluation is batched: the weights of ``points_per_batch`` grid points are stacked and
-evaluated with ``torch.func.functional_call`` under ``torch.func.vmap`` (one pass over
-the data per chunk of points, buffers shared), rather than one model copy and one data
-pass per point. The model is evaluated in eval mode, so BN uses its running statistics
-(a landscape in train mode would depend on the batch composition and update the
-statistics at every point).
+Three ways to evaluate the grid (``method``), all giving the same values:
+
+- ``"inplace"`` (what ``"auto"``, the default, picks): one private copy of the model
+  (``copy.deepcopy`` once, eval mode). For each grid point the moved weights
+  ``w + a d1 + b d2`` are written into the copy's parameters in place with
+  ``torch._foreach`` ops from float32 master copies, then an ordinary forward pass runs
+  over the data under ``torch.inference_mode``. Eval-mode BN whose parameters do not
+  move (``ignore="biasbn"``) is folded into the conv before it (the conv's directions
+  scaled by the same per-channel factor, so the grid is unchanged); on CUDA the copy
+  and 4-D inputs use channels_last. Losses and correct counts are summed on the device
+  and copied to the host once, so the host never waits for the GPU between points.
+  ``precision="bf16"`` runs the copy in bfloat16 (weights computed in float32, loss from
+  float32 logits), for GPUs; losses agree with float32 to about 1e-2 relative.
+- ``"vmap"``: the weights of ``points_per_batch`` grid points are stacked and evaluated
+  with ``torch.func.functional_call`` under ``torch.func.vmap``. Every conv becomes a
+  grouped conv, which is slow: on a 2-core CPU about 3x slower than ``"inplace"``.
+- ``"loop"``: ``functional_call`` one point at a time, the reference.
+
+The model is evaluated in eval mode, so BN uses its running statistics (a landscape in
+train mode would depend on the batch composition and update the statistics at every
+point); the model passed in is left as it was.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -42,7 +58,8 @@ log = logging.getLogger(__name__)
 # Li et al. 2018, Sec. 4 and the paper's code (net_plotter.normalize_direction).
 NORMS = ("filter", "layer", "weight", "dfilter", "dlayer", "none")
 IGNORES = ("biasbn", "none")
-METHODS = ("vmap", "loop")
+METHODS = ("auto", "inplace", "vmap", "loop")
+PRECISIONS = ("fp32", "bf16")
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -221,11 +238,13 @@ def _batches(
         yield x.to(device), y.to(device)
 
 
-def _default_loss(y: Tensor) -> tuple[LossFn, bool]:
-    """Cross-entropy for integer class labels (with accuracy), else mean squared error."""
-    if not y.is_floating_point() and not y.is_complex():
-        return F.cross_entropy, True
-    return F.mse_loss, False
+def _loss_for(loss_fn: LossFn | None, y: Tensor) -> tuple[LossFn, bool]:
+    """The loss (default: cross-entropy for integer class labels, else mean squared error)
+    and whether the targets are class labels (then accuracy is counted too)."""
+    classify = not y.is_floating_point() and not y.is_complex()
+    if loss_fn is not None:
+        return loss_fn, classify
+    return (F.cross_entropy if classify else F.mse_loss), classify
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -239,14 +258,9 @@ def _grid(dims: int, coords: Tensor) -> Tensor:
     return torch.stack([a.flatten(), b.flatten()], dim=1)
 
 
-def _auto_points_per_batch(model: nn.Module, x: Tensor, num_moving: int, num_points: int) -> int:
-    """Grid points per vmap call so that a chunk's activations fit a memory budget.
-
-    The peak per point is about three times the largest activation of one forward pass
-    over the batch (input, output and a temporary) plus the point's moved weights. The
-    budget is a quarter of free GPU memory on CUDA and 1 GiB on the CPU.
-    """
-    largest = [x.numel()]
+def _largest_activation(model: nn.Module, x: Tensor) -> int:
+    """Elements of the largest tensor a leaf module outputs for one sample ``x[:1]``."""
+    largest = [x[:1].numel()]
 
     def hook(_m: nn.Module, _i: Any, out: Any) -> None:
         if isinstance(out, Tensor):
@@ -259,13 +273,25 @@ def _auto_points_per_batch(model: nn.Module, x: Tensor, num_moving: int, num_poi
     finally:
         for h in handles:
             h.remove()
-    per_point = (3 * largest[0] * x.shape[0] + num_moving) * x.element_size()
-    if x.device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(x.device)
-        budget = free // 4
-    else:
-        budget = 1 << 30
-    return max(1, min(num_points, budget // max(per_point, 1)))
+    return largest[0]
+
+
+def _memory_budget(device: torch.device) -> int:
+    """Bytes one evaluation may take: a quarter of free GPU memory on CUDA, 1 GiB elsewhere."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free // 4
+    return 1 << 30
+
+
+def _auto_points_per_batch(model: nn.Module, x: Tensor, num_moving: int, num_points: int) -> int:
+    """Grid points per vmap call so that a chunk's activations fit a memory budget.
+
+    The peak per point is about three times the largest activation of one forward pass
+    over the batch (input, output and a temporary) plus the point's moved weights.
+    """
+    per_point = (3 * _largest_activation(model, x) * x.shape[0] + num_moving) * x.element_size()
+    return max(1, min(num_points, _memory_budget(x.device) // max(per_point, 1)))
 
 
 def _eval_chunk(
@@ -300,7 +326,7 @@ def _eval_chunk(
             out[name] = s
         return out
 
-    if method == "vmap":
+    if method == "vmap" and moving:  # vmap needs a stacked tensor to map over
         loss, correct = torch.func.vmap(point)(weights(ab))
         return loss.detach(), correct.detach()
     losses, corrects = [], []
@@ -312,99 +338,258 @@ def _eval_chunk(
     return torch.stack(losses), torch.stack(corrects)
 
 
-def loss_landscape(
-    model: nn.Module,
-    data: Any,
-    *,
-    dims: int = 1,
-    steps: int = 51,
-    span: float = 1.0,
-    norm: str = "filter",
-    ignore: str = "biasbn",
-    seed: int = 0,
-    loss_fn: LossFn | None = None,
-    batch_size: int | None = None,
-    points_per_batch: int | None = None,
-    method: str = "vmap",
-) -> LossLandscape:
-    """Loss and accuracy of ``model`` on a 1-D or 2-D grid along random directions.
+# --------------------------------------------------------------------------- in-place method
 
-    Li et al. 2018, "Visualizing the Loss Landscape of Neural Nets": the directions are
-    Gaussian, filter-normalised (``norm="filter"``) with biases and norm parameters left
-    out (``ignore="biasbn"``); the grid is ``steps`` points per axis over
-    ``[-span, span]``.
 
-    Args:
-        model: any ``nn.Module``; evaluated in eval mode (BN uses running statistics);
-            its weights and mode are restored afterwards.
-        data: ``(x, y)`` tensors (split into ``batch_size`` chunks, default all at once)
-            or an iterable of ``(x, y)`` batches; it is read once.
-        loss_fn: ``loss_fn(output, target)`` returning the batch mean (default:
-            cross-entropy for integer labels, which also gives accuracy; MSE otherwise).
-            With ``method="vmap"`` it must be vmap-able (torch functions are).
-        points_per_batch: grid points evaluated together in one vmap call (default:
-            as many as fit a memory budget, see ``_auto_points_per_batch``).
-        method: ``"vmap"`` (batched, default) or ``"loop"`` (one point at a time: the
-            reference, and the fallback for models that vmap cannot run).
+def _fold_batchnorm(net: nn.Module, masters: dict[str, tuple[Tensor, Tensor]]) -> int:
+    """Fold eval-mode BN into the conv before it, in every ``nn.Sequential`` of ``net``.
 
-    Raises:
-        ValueError: ``dims`` not 1 or 2, ``steps`` < 2, unknown ``norm``/``ignore``/
-            ``method``, bad ``span`` or empty data.
+    In eval mode BN is per-channel affine, ``bn(z) = z * s + t`` with
+    ``s = gamma / sqrt(var + eps)`` and ``t = beta - mean * s``, so
+    ``bn(conv_W(x) + c) = conv_{W s}(x) + c s + t``. Along a grid that leaves BN's own
+    parameters fixed this is linear in the moved conv weight: ``(w0 + a d1 + b d2) s =
+    w0 s + a (d1 s) + b (d2 s)``, and the master copies ``masters[name] = (w0, D)`` of
+    the conv's weight (and bias) are scaled the same way. Only a conv whose output
+    feeds nothing but the BN is folded: adjacent children of an ``nn.Sequential``, no
+    hooks, no parametrisation, parameters not shared with another module. The BN
+    becomes an ``nn.Identity``. Returns the number of folded pairs.
     """
-    if dims not in (1, 2) or isinstance(dims, bool):
-        raise invalid("dims", dims, (1, 2))
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-        raise invalid("steps", steps, "must be an integer >= 2 (grid points per axis)")
-    if isinstance(span, bool) or not isinstance(span, int | float) or not span > 0:
-        raise invalid("span", span, "must be a positive number")
-    if not math.isfinite(span):
-        raise invalid("span", span, "must be a positive number")
-    norm = check_choice("norm", norm, NORMS)
-    ignore = check_choice("ignore", ignore, IGNORES)
-    method = check_choice("method", method, METHODS)
-    if batch_size is not None:
-        check_positive_int("batch_size", batch_size)
-    if points_per_batch is not None:
-        check_positive_int("points_per_batch", points_per_batch)
+    # Exact types: a subclass may change what forward does with the weights or the stats.
+    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+    shared: dict[int, int] = {}
+    for _, p in net.named_parameters(remove_duplicate=False):
+        shared[id(p)] = shared.get(id(p), 0) + 1
+    names = {id(p): n for n, p in net.named_parameters()}
 
-    params = dict(model.named_parameters())
-    if not params:
-        raise ValueError("invalid model: it has no parameters to move along")
-    device = next(iter(params.values())).device
-    gen = torch.Generator().manual_seed(seed)
-    directions = [random_direction(model, norm=norm, ignore=ignore, generator=gen)]
-    if dims == 2:
-        directions.append(random_direction(model, norm=norm, ignore=ignore, generator=gen))
+    def hooked(m: nn.Module) -> bool:
+        return bool(m._forward_hooks or m._forward_pre_hooks)
 
-    # Parameters with a zero direction are shared by every point; the rest are stacked.
-    moving: dict[str, tuple[Tensor, Tensor]] = {}
+    folded = 0
+    plain = [m for m in net.modules() if type(m).forward is nn.Sequential.forward]
+    for seq in [m for m in plain if isinstance(m, nn.Sequential)]:
+        children = list(seq.named_children())
+        for (_, conv), (bn_key, bn) in zip(children, children[1:], strict=False):
+            if (
+                type(conv) not in convs
+                or type(bn) not in norms
+                or bn.running_mean is None
+                or bn.running_var is None
+                or bn.num_features != conv.out_channels
+                or hooked(conv)
+                or hooked(bn)
+                or torch.nn.utils.parametrize.is_parametrized(conv)
+                or any(shared[id(p)] > 1 for p in conv.parameters())
+                or any(names.get(id(p)) in masters for p in bn.parameters())
+            ):
+                continue
+            w = conv.weight
+            mean, var = bn.running_mean.to(w.dtype), bn.running_var.to(w.dtype)
+            s = torch.rsqrt(var + bn.eps)
+            if bn.weight is not None:
+                s = s * bn.weight.to(w.dtype)
+            t = -mean * s
+            if bn.bias is not None:
+                t = t + bn.bias.to(w.dtype)
+            s_w = s.view(-1, *([1] * (w.dim() - 1)))  # [out, 1, ...]: per output channel
+            w_name = names[id(w)]
+            if w_name in masters:
+                w0, d = masters[w_name]
+                masters[w_name] = (w0 * s_w, d * s_w.unsqueeze(0))
+            conv.weight = nn.Parameter(w * s_w, requires_grad=False)
+            if conv.bias is None:
+                conv.bias = nn.Parameter(t, requires_grad=False)
+            else:
+                b_name = names[id(conv.bias)]
+                if b_name in masters:
+                    b0, d = masters[b_name]
+                    masters[b_name] = (b0 * s + t, d * s)
+                conv.bias = nn.Parameter(conv.bias * s + t, requires_grad=False)
+            setattr(seq, bn_key, nn.Identity())
+            folded += 1
+    return folded
+
+
+def _use_channels_last(x: Tensor) -> bool:
+    """channels_last for image batches on CUDA (cuDNN's fast NHWC kernels, bf16 above all)."""
+    return x.device.type == "cuda" and x.dim() == 4
+
+
+class _MovedCopy:
+    """One private copy of the model whose moving parameters are rewritten per grid point.
+
+    ``set_point(coef)`` writes ``w0 + coef[0] d1 (+ coef[1] d2)`` into the copy's
+    parameters in place with ``torch._foreach`` ops from master copies kept in at least
+    float32 (no model copy and no new state dict per point); ``forward`` is then an
+    ordinary forward pass. With ``dtype=torch.bfloat16`` the copy (and its input) is
+    converted once, and the weights are computed in float32 and copied in. With
+    ``channels_last`` the copy's 4-D weights and the input use that memory format.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        moving: dict[str, tuple[Tensor, Tensor]],
+        *,
+        num_dirs: int,
+        dtype: torch.dtype | None,
+        channels_last: bool,
+    ) -> None:
+        net = copy.deepcopy(model).eval().requires_grad_(False)
+        masters = {}
+        for name, (w, d) in moving.items():
+            master = torch.promote_types(w.dtype, torch.float32)
+            masters[name] = (w.to(master), d.to(master))
+        self.folded = _fold_batchnorm(net, masters)
+        if dtype is not None:
+            net.to(dtype)
+        if channels_last:
+            net.to(memory_format=torch.channels_last)
+        self.net = net
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self.params = [net.get_parameter(name) for name in masters]
+        # Masters with the strides of the parameters they are written into (foreach fast path).
+        self.w0 = [
+            torch.empty_like(p, dtype=w0.dtype).copy_(w0)
+            for p, (w0, _) in zip(self.params, masters.values(), strict=True)
+        ]
+        self.dirs = [
+            [
+                torch.empty_like(w0).copy_(d[k])
+                for w0, (_, d) in zip(self.w0, masters.values(), strict=True)
+            ]
+            for k in range(num_dirs)
+        ]
+        same = all(p.dtype == w0.dtype for p, w0 in zip(self.params, self.w0, strict=True))
+        self.work = self.params if same else [torch.empty_like(w0) for w0 in self.w0]
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """The input as the copy wants it (dtype, memory format); done once per batch."""
+        if self.dtype is not None and x.is_floating_point():
+            x = x.to(self.dtype)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def set_point(self, coef: list[float]) -> None:
+        if not self.params:  # every direction is zero (e.g. only 1-D parameters, "biasbn")
+            return
+        torch._foreach_copy_(self.work, self.w0)
+        for c, d in zip(coef, self.dirs, strict=True):
+            torch._foreach_add_(self.work, d, alpha=c)
+        if self.work is not self.params:
+            torch._foreach_copy_(self.params, self.work)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.net(x)
+        return out.float() if self.dtype is not None and out.is_floating_point() else out
+
+
+def _eval_inplace(
+    evaluator: _MovedCopy,
+    ab: list[list[float]],
+    x: Tensor,
+    y: Tensor,
+    loss_fn: LossFn,
+    classify: bool,
+    chunk: int,
+    loss_acc: Tensor,
+    correct_acc: Tensor,
+) -> None:
+    """Add each grid point's summed loss and correct count over ``x`` to the accumulators.
+
+    Everything stays on the device: no ``.item()`` or ``.cpu()`` per point, so the host
+    queues the points' forward passes without waiting for the GPU.
+    """
+    xs = evaluator.prepare(x).split(chunk)
+    ys = y.split(chunk)
+    for i, coef in enumerate(ab):
+        evaluator.set_point(coef)
+        for xc, yc in zip(xs, ys, strict=True):
+            out = evaluator.forward(xc)
+            loss_acc[i].add_(loss_fn(out, yc).detach(), alpha=xc.shape[0])
+            if classify:
+                correct_acc[i].add_((out.argmax(dim=1) == yc).sum())
+
+
+Totals = tuple[Tensor, Tensor, int, int, bool, dict[str, Any]]
+
+
+def _run_inplace(
+    model: nn.Module,
+    batches: Iterator[tuple[Tensor, Tensor]],
+    moving: dict[str, tuple[Tensor, Tensor]],
+    ab: Tensor,
+    loss_fn: LossFn | None,
+    precision: str,
+) -> Totals:
+    """``method="inplace"``: per point of ``ab`` [P, dims], the summed loss and correct
+    count; then the number of samples and targets, whether they are class labels, and
+    what goes into the result's config."""
+    device = next(iter(model.parameters())).device
+    num_points = ab.shape[0]
+    evaluator: _MovedCopy | None = None
+    ab_list = ab.tolist()
+    loss_acc = torch.zeros(num_points, dtype=torch.float64, device=device)
+    correct_acc = torch.zeros(num_points, dtype=torch.float64, device=device)
+    count = targets = chunk = 0
+    classify = False
+    with torch.inference_mode():
+        for x, y in batches:
+            fn, classify = _loss_for(loss_fn, y)
+            if evaluator is None:
+                evaluator = _MovedCopy(
+                    model,
+                    moving,
+                    num_dirs=ab.shape[1],
+                    dtype=torch.bfloat16 if precision == "bf16" else None,
+                    channels_last=_use_channels_last(x),
+                )
+                # Forward passes over chunks of the batch that fit a memory budget:
+                # about 3 of the largest activation per sample (input, output, temp).
+                x1 = evaluator.prepare(x[:1])
+                per_sample = 3 * _largest_activation(evaluator.net, x1) * x1.element_size()
+                chunk = max(1, _memory_budget(device) // per_sample)
+                log.debug(
+                    "loss_landscape: %d BN folded, forward chunks of %d samples",
+                    evaluator.folded,
+                    chunk,
+                )
+            _eval_inplace(evaluator, ab_list, x, y, fn, classify, chunk, loss_acc, correct_acc)
+            count += x.shape[0]
+            targets += y.numel()
+    extra = {}
+    if evaluator is not None:
+        extra = {"folded_batchnorm": evaluator.folded, "channels_last": evaluator.channels_last}
+    # Copied to the host once, at the end (no sync per point).
+    return loss_acc.cpu(), correct_acc.cpu(), count, targets, classify, extra
+
+
+def _run_stacked(
+    model: nn.Module,
+    batches: Iterator[tuple[Tensor, Tensor]],
+    moving: dict[str, tuple[Tensor, Tensor]],
+    ab: Tensor,
+    loss_fn: LossFn | None,
+    method: str,
+    points_per_batch: int | None,
+) -> Totals:
+    """``method="vmap"``/``"loop"``: as ``_run_inplace``, with ``functional_call`` on the
+    model itself (eval mode, restored afterwards)."""
     fixed: dict[str, Tensor] = {k: b for k, b in model.named_buffers()}
-    for name, w in params.items():
-        ds = [d[name] for d in directions]
-        if all(not bool(d.any()) for d in ds):
-            fixed[name] = w.detach()
-        else:
-            moving[name] = (w.detach(), torch.stack(ds))
-
-    coords = torch.linspace(-float(span), float(span), steps, dtype=torch.float64)
-    # The origin first (the model's own loss), then the grid.
-    ab = torch.cat([torch.zeros(1, dims, dtype=torch.float64), _grid(dims, coords)])
+    fixed.update({k: w.detach() for k, w in model.named_parameters() if k not in moving})
     num_points = ab.shape[0]
     loss_sum = torch.zeros(num_points, dtype=torch.float64)
     correct = torch.zeros(num_points, dtype=torch.float64)
-    count = 0
-    targets = 0
+    count = targets = 0
     classify = False
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for x, y in _batches(data, batch_size, device):
-                if loss_fn is None:
-                    fn, classify = _default_loss(y)
-                else:
-                    fn = loss_fn
-                    classify = not y.is_floating_point() and not y.is_complex()
+            for x, y in batches:
+                fn, classify = _loss_for(loss_fn, y)
                 ppb = points_per_batch
                 if ppb is None:
                     ppb = _auto_points_per_batch(
@@ -420,6 +605,126 @@ def loss_landscape(
                 targets += y.numel()
     finally:
         model.train(was_training)
+    return loss_sum, correct, count, targets, classify, {}
+
+
+def loss_landscape(
+    model: nn.Module,
+    data: Any,
+    *,
+    dims: int = 1,
+    steps: int = 51,
+    span: float = 1.0,
+    norm: str = "filter",
+    ignore: str = "biasbn",
+    seed: int = 0,
+    loss_fn: LossFn | None = None,
+    batch_size: int | None = None,
+    points_per_batch: int | None = None,
+    method: str = "auto",
+    precision: str = "fp32",
+) -> LossLandscape:
+    """Loss and accuracy of ``model`` on a 1-D or 2-D grid along random directions.
+
+    Li et al. 2018, "Visualizing the Loss Landscape of Neural Nets": the directions are
+    Gaussian, filter-normalised (``norm="filter"``) with biases and norm parameters left
+    out (``ignore="biasbn"``); the grid is ``steps`` points per axis over
+    ``[-span, span]``.
+
+    Args:
+        model: any ``nn.Module``; evaluated in eval mode (BN uses running statistics).
+            It is left as it was: weights, mode, device, dtype and memory format.
+        data: ``(x, y)`` tensors (split into ``batch_size`` chunks, default all at once)
+            or an iterable of ``(x, y)`` batches; it is read once, and each batch is
+            moved to the model's device once.
+        loss_fn: ``loss_fn(output, target)`` returning the batch mean (default:
+            cross-entropy for integer labels, which also gives accuracy; MSE otherwise).
+            With ``method="vmap"`` it must be vmap-able (torch functions are).
+        points_per_batch: ``method="vmap"`` only: grid points evaluated together in one
+            vmap call (default: as many as fit a memory budget).
+        method: how the grid points are evaluated; every method gives the same values.
+
+            - ``"inplace"``: one private copy of the model (``copy.deepcopy``, eval
+              mode); per point the moved weights are written into its parameters in
+              place, then an ordinary forward pass runs over the batch (split to fit a
+              memory budget). Eval-mode BatchNorm whose parameters do not move
+              (``ignore="biasbn"``) is folded into the conv before it, where the two
+              are adjacent in an ``nn.Sequential``; on CUDA, 4-D inputs and the copy
+              use channels_last. Losses are summed on the device and copied to the
+              host once. Memory: one model copy and three float32 copies of the
+              moved weights (``w``, ``d1``, ``d2``).
+            - ``"vmap"``: the weights of ``points_per_batch`` points stacked and run
+              with ``torch.func.functional_call`` under ``torch.func.vmap`` (every conv
+              becomes a grouped conv).
+            - ``"loop"``: ``functional_call`` one point at a time: the reference.
+            - ``"auto"`` (default): ``"inplace"`` (3x faster than ``"vmap"`` on a
+              2-core CPU; on a GPU it avoids vmap's grouped convs).
+        precision: ``"fp32"`` (default): the model's own dtype (float32 for most
+            models), exact up to rounding. ``"bf16"`` (``method="inplace"`` or
+            ``"auto"`` only): the private copy and the inputs in bfloat16; the moved
+            weights are computed in float32 and rounded once per point, and the loss
+            is computed from float32 logits. For GPUs (a CPU without bfloat16
+            hardware runs it far slower than fp32); losses agree with fp32 to about
+            1e-2 relative.
+
+    Raises:
+        ValueError: ``dims`` not 1 or 2, ``steps`` < 2, unknown ``norm``/``ignore``/
+            ``method``/``precision``, ``precision="bf16"`` with ``"vmap"``/``"loop"``,
+            bad ``span`` or empty data.
+    """
+    if dims not in (1, 2) or isinstance(dims, bool):
+        raise invalid("dims", dims, (1, 2))
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+        raise invalid("steps", steps, "must be an integer >= 2 (grid points per axis)")
+    if isinstance(span, bool) or not isinstance(span, int | float) or not span > 0:
+        raise invalid("span", span, "must be a positive number")
+    if not math.isfinite(span):
+        raise invalid("span", span, "must be a positive number")
+    norm = check_choice("norm", norm, NORMS)
+    ignore = check_choice("ignore", ignore, IGNORES)
+    method = check_choice("method", method, METHODS)
+    precision = check_choice("precision", precision, PRECISIONS)
+    if batch_size is not None:
+        check_positive_int("batch_size", batch_size)
+    if points_per_batch is not None:
+        check_positive_int("points_per_batch", points_per_batch)
+
+    params = dict(model.named_parameters())
+    if not params:
+        raise ValueError("invalid model: it has no parameters to move along")
+    device = next(iter(params.values())).device
+    # "auto" is "inplace" on every device: on a 2-core CPU it measured 3x faster than
+    # vmap (resnet-20, 360 digits: about 30 vs 90 ms/point), on a GPU it avoids vmap's
+    # grouped convs.
+    method = "inplace" if method == "auto" else method
+    if precision != "fp32" and method != "inplace":
+        raise invalid(
+            "precision",
+            precision,
+            f"needs method='inplace' or 'auto' (got method={method!r}); "
+            "use precision='fp32' with 'vmap' and 'loop'",
+        )
+    gen = torch.Generator().manual_seed(seed)
+    directions = [random_direction(model, norm=norm, ignore=ignore, generator=gen)]
+    if dims == 2:
+        directions.append(random_direction(model, norm=norm, ignore=ignore, generator=gen))
+
+    # Only parameters with a nonzero direction move; the rest are shared by every point.
+    moving: dict[str, tuple[Tensor, Tensor]] = {}
+    for name, w in params.items():
+        ds = [d[name] for d in directions]
+        if any(bool(d.any()) for d in ds):
+            moving[name] = (w.detach(), torch.stack(ds))
+
+    coords = torch.linspace(-float(span), float(span), steps, dtype=torch.float64)
+    # The origin first (the model's own loss), then the grid.
+    ab = torch.cat([torch.zeros(1, dims, dtype=torch.float64), _grid(dims, coords)])
+    batches = _batches(data, batch_size, device)
+    if method == "inplace":
+        totals = _run_inplace(model, batches, moving, ab, loss_fn, precision)
+    else:
+        totals = _run_stacked(model, batches, moving, ab, loss_fn, method, points_per_batch)
+    loss_sum, correct, count, targets, classify, extra = totals
     if count == 0:
         raise ValueError("invalid data: it holds no samples")
 
@@ -446,9 +751,11 @@ def loss_landscape(
             "steps": steps,
             "loss_fn": getattr(loss_fn, "__name__", "default") if loss_fn else "default",
             "batch_size": batch_size,
-            "points_per_batch": points_per_batch,
+            "points_per_batch": points_per_batch if method == "vmap" else None,
             "method": method,
+            "precision": precision,
             "model": type(model).__name__,
             "moved_parameters": sum(w.numel() for w, _ in moving.values()),
+            **extra,
         },
     )
