@@ -250,3 +250,26 @@ def test_bf16_is_close_to_fp32():
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         loss_landscape(small_cnn(), cls_data(), **kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_inplace_on_cuda_matches_the_cpu_loop():
+    """On a GPU (channels_last, folded BN, TF32 convs) the grid matches the CPU reference;
+    bf16 is close."""
+    torch.manual_seed(0)
+    model = skiplab.create_model("resnet-20", num_classes=10)
+    x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
+    for m in model.modules():  # BN statistics of this batch, so eval-mode losses are sane
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None
+    with torch.no_grad():
+        model(x)
+    model.eval()
+    kw = dict(dims=2, steps=3, span=0.5, seed=1)
+    ref = loss_landscape(model, (x, y), method="loop", **kw)
+    gpu = loss_landscape(model.cuda(), (x.cuda(), y.cuda()), **kw)
+    half = loss_landscape(model, (x.cuda(), y.cuda()), precision="bf16", **kw)
+    a, b, c = (torch.tensor(r.values) for r in (ref, gpu, half))
+    torch.testing.assert_close(b, a, rtol=1e-2, atol=1e-3)
+    torch.testing.assert_close(c, a, rtol=5e-2, atol=1e-2)
+    assert gpu.config["method"] == "inplace" and next(model.parameters()).is_cuda
