@@ -22,6 +22,7 @@ import contextlib
 import json
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -72,6 +73,11 @@ def main() -> None:
     p.add_argument("--max-length", type=int, nargs="*", default=[20])
     p.add_argument("--samples", type=int, nargs="*", default=[])
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
+    p.add_argument("--channels-last", action="store_true", help="model and input channels_last")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="cudnn.benchmark=True for all cases (as after skiplab's trainer ran)")  # fmt: skip
+    p.add_argument("--profile", action="store_true",
+                   help="print a torch.profiler table of one exact fp32 call")  # fmt: skip
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     dev = torch.device(args.device)
@@ -79,9 +85,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     precisions = args.precision or (["fp32", "bf16"] if dev.type == "cuda" else ["fp32"])
     torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     model = skiplab.create_model(args.model).to(dev).eval()
     units = len(find_units(model))
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=dev)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch,), device=dev)
 
     # (name, precision, kwargs); the baselines first, one per precision.
@@ -112,6 +122,14 @@ def main() -> None:
         for t, fn in zip(times, fns, strict=True):
             t.append(timed(fn, dev))
     model.zero_grad(set_to_none=True)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            timed(lambda: path_gradients(model, x, y, samples=0), dev)
+        key = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=20), file=sys.stderr)
     ms = [1e3 * statistics.median(t) for t in times]
     base = {prec: ms[i] for i, prec in enumerate(precisions)}
     result = {
@@ -124,6 +142,8 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "repeats": args.repeats,
+        "channels_last": args.channels_last,
+        "cudnn_benchmark": args.cudnn_benchmark,
         "fwd_bwd_ms": base,
         "cases": [
             {
