@@ -110,6 +110,7 @@ def test_fit_with_cuda_graphs_matches_eager(tmp_path, exact_cudnn) -> None:
         model = skiplab.create_model("resnet-20", num_classes=4)
         runs.append(fit(model, data, recipe, tmp_path / str(graphs), device="cuda",
                         cuda_graphs=graphs))  # fmt: skip
+    assert torch.backends.cudnn.benchmark is False  # fit restores the process-wide flag
     for a, b in zip(runs[0].metrics, runs[1].metrics, strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
         assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-2)

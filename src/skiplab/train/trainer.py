@@ -261,8 +261,6 @@ def fit(
 
     cuda = dev.type == "cuda"
     use_graphs = _use_cuda_graphs(cuda_graphs, cuda, dist.world, recipe.compile)
-    if cuda:
-        torch.backends.cudnn.benchmark = True
     model = model.to(dev)
     image_model = len(data.input_shape) == 3
     # channels_last: faster convolutions with cuDNN, and with oneDNN on the CPU for images
@@ -334,6 +332,8 @@ def fit(
     bar = _Progress(progress and dist.is_main, recipe.epochs, steps_per_epoch, start_epoch)
     t_start = time.perf_counter()
     status, message = "running", ""
+    benchmark = torch.backends.cudnn.benchmark  # a process-wide flag: restored below
+    torch.backends.cudnn.benchmark = benchmark or cuda  # cuDNN autotuning for fixed shapes
     try:
         for epoch in range(start_epoch, recipe.epochs):
             gen = torch.Generator().manual_seed(
@@ -399,6 +399,7 @@ def fit(
         status, message = "diverged", str(d)
         log.warning("%s: %s", out_dir, message)
     finally:
+        torch.backends.cudnn.benchmark = benchmark
         bar.close()
         if writer is not None:
             writer.close()
