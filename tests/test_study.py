@@ -89,6 +89,12 @@ def write_spec(tmp_path: Path, spec: dict) -> Path:
             "experiments[0].kind: unknown experiment 'spectra'",
         ),
         ({"groups": [], "experiments": []}, "at least one group or experiment"),
+        (
+            {"groups": [{**TINY["groups"][0], "data": "random", "data_options": {"n_trian": 9}}]},
+            "groups[0].data_options.n_trian: unknown option for data set 'random' "
+            "(did you mean 'n_train'?)",
+        ),
+        ({"groups": [{**TINY["groups"][0], "data_options": [1]}]}, "groups[0].data_options"),
     ],
 )
 def test_bad_spec_names_the_field(patch: dict, needle: str) -> None:

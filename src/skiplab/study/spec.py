@@ -242,6 +242,26 @@ def _recipe(path: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def _data_options(path: str, value: Any, datasets: list[str]) -> None:
+    """Option names are checked when the spec loads, not when each run starts."""
+    from ..data.datasets import get_dataset_entry
+
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        _fail(path, "expected a mapping of data set options, e.g. {n_train: 20000}")
+    for d in datasets:
+        allowed = get_dataset_entry(d).options()
+        for key in value:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), list(allowed), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                listed = ", ".join(allowed) if allowed else "none"
+                _fail(
+                    f"{path}.{key}", f"unknown option for data set {d!r}{hint}; allowed: {listed}"
+                )
+
+
 def parse_spec(raw: Any, source: str = "<spec>", quick: bool = False) -> StudySpec:
     """Validate a spec mapping (from YAML) and return a ``StudySpec``; raises ``SpecError``."""
     from ..data import list_datasets
@@ -295,6 +315,7 @@ def parse_spec(raw: Any, source: str = "<spec>", quick: bool = False) -> StudySp
                     f"unknown data set {d!r}{hint}; allowed: {', '.join(datasets)}",
                 )
         g["data"] = data
+        _data_options(f"{p}.data_options", g.get("data_options"), data)
         g["models"] = _models(f"{p}.models", g.get("models"))
         grid = g.get("grid") or {}
         if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
