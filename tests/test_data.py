@@ -510,3 +510,26 @@ def test_augment_and_batches_on_cuda():
     assert out.is_cuda and out_mask.shape == mask.shape
     data = load_dataset("shapes", n_train=8, n_test=4).to("cuda")
     assert data.train_x.is_cuda and data.test_y.is_cuda
+
+
+def test_cli_train_takes_data_options(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from skiplab.cli import app
+
+    run = CliRunner()
+    out = tmp_path / "run"
+    res = run.invoke(app, ["train", "mlp-4", "--data", "random", "--data-option", "n_train=48",
+                           "--data-option", "n_test=16", "--data-option", "size=8", "--epochs",
+                           "1", "--device", "cpu", "--out", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    opts = json.loads((out / "run.json").read_text())["data_options"]
+    assert (opts["n_train"], opts["n_test"], opts["size"]) == (48, 16, 8)
+    bad = run.invoke(app, ["train", "mlp-4", "--data", "random", "--data-option", "n_tst=8",
+                           "--out", str(tmp_path / "bad")])  # fmt: skip
+    assert bad.exit_code == 2 and "did you mean 'n_test'" in bad.output
+    assert not (tmp_path / "bad").exists()
+    bad = run.invoke(
+        app, ["train", "mlp-4", "--data-option", "n_train", "--out", str(tmp_path / "b2")]
+    )
+    assert bad.exit_code == 2 and "use KEY=VALUE" in bad.output

@@ -79,6 +79,17 @@ def parse_options(args: list[str]) -> dict[str, Any]:
     return options
 
 
+def parse_data_options(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (``--data-option``) into data set options."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"invalid --data-option {item!r}: use KEY=VALUE, e.g. n_train=20000")
+        options[key.replace("-", "_")] = parse_value(value)
+    return options
+
+
 def parse_shape(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
@@ -176,6 +187,9 @@ def train_cmd(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="model name, e.g. preact-resnet-20"),
     data: str = typer.Option("digits", "--data", help="data set (digits, shapes, cifar10, ...)"),
+    data_option: list[str] = typer.Option(
+        None, "--data-option", help="data set option KEY=VALUE, repeatable (e.g. n_train=20000)"
+    ),
     recipe: str = typer.Option(
         None,
         "--recipe",
@@ -233,7 +247,7 @@ def train_cmd(
     else:
         default = {"digits": "quick", "shapes": "quick-seg"}.get(data, "he2016-cifar")
         rec = get_recipe(recipe or default, **overrides)
-    dataset = load_dataset(data, data_dir=data_dir)
+    dataset = load_dataset(data, data_dir=data_dir, **parse_data_options(data_option or []))
     options = {**data_options(name, dataset.input_shape, dataset.num_classes), **options}
     torch.manual_seed(seed)
     model = create_model(name, **options)
