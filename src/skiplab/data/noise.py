@@ -15,9 +15,8 @@ fraction of a second.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from .tensor_data import TensorData, check_int, standardise
+from .tensor_data import TensorData, check_int, generated_data
 
 
 def make_noise(
@@ -51,26 +50,15 @@ def load_random_data(
     classes = check_int("classes", classes, 2)
     seed = check_int("seed", seed, 0)
     opts = dict(size=size, channels=channels, classes=classes)
-    train_x, train_y = make_noise(n_train, np.random.default_rng([seed, 0]), **opts)
-    test_x, test_y = make_noise(n_test, np.random.default_rng([seed, 1]), **opts)
-    tx, vx, mean, std = standardise(torch.from_numpy(train_x), torch.from_numpy(test_x))
-    options = {"n_train": n_train, "n_test": n_test, **opts, "seed": seed}
-    return TensorData(
-        name="random",
-        task="classification",
-        train_x=tx,
-        train_y=torch.from_numpy(train_y),
-        test_x=vx,
-        test_y=torch.from_numpy(test_y),
+    return generated_data(
+        "random",
+        "classification",
+        lambda n, rng: make_noise(n, rng, **opts),
+        n_train=n_train,
+        n_test=n_test,
+        seed=seed,
         num_classes=classes,
         augment="crop-flip",
-        meta={
-            "source": "skiplab.data.noise (generated: N(0, 1) pixels, uniform random labels)",
-            "split_seed": seed,
-            "n_train": n_train,
-            "n_test": n_test,
-            "mean": mean,
-            "std": std,
-            "options": options,
-        },
+        options={"n_train": n_train, "n_test": n_test, **opts, "seed": seed},
+        meta={"source": "skiplab.data.noise (generated: N(0, 1) pixels, uniform random labels)"},
     )

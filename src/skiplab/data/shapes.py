@@ -20,10 +20,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from ..models.layers import invalid
-from .tensor_data import TensorData, check_int, standardise
+from .tensor_data import TensorData, check_int, generated_data
 
 CLASSES = ("background", "circle", "square", "triangle")
 MIN_CELL = 8  # pixels per grid cell: smaller shapes stop being recognisable
@@ -117,27 +116,15 @@ def load_shapes_data(
             "lower max_shapes or raise size",
         )
     opts = dict(size=size, max_shapes=max_shapes, noise=float(noise), channels=channels)
-    train_x, train_y = make_scenes(n_train, np.random.default_rng([seed, 0]), **opts)
-    test_x, test_y = make_scenes(n_test, np.random.default_rng([seed, 1]), **opts)
-    tx, vx, mean, std = standardise(torch.from_numpy(train_x), torch.from_numpy(test_x))
-    options = {**opts, "n_train": n_train, "n_test": n_test, "seed": seed}
-    return TensorData(
-        name="shapes",
-        task="segmentation",
-        train_x=tx,
-        train_y=torch.from_numpy(train_y),
-        test_x=vx,
-        test_y=torch.from_numpy(test_y),
+    return generated_data(
+        "shapes",
+        "segmentation",
+        lambda n, rng: make_scenes(n, rng, **opts),
+        n_train=n_train,
+        n_test=n_test,
+        seed=seed,
         num_classes=len(CLASSES),
         augment="seg-flip",
-        meta={
-            "source": "skiplab.data.shapes (generated)",
-            "classes": list(CLASSES),
-            "split_seed": seed,
-            "n_train": n_train,
-            "n_test": n_test,
-            "mean": mean,
-            "std": std,
-            "options": options,
-        },
+        options={**opts, "n_train": n_train, "n_test": n_test, "seed": seed},
+        meta={"source": "skiplab.data.shapes (generated)", "classes": list(CLASSES)},
     )

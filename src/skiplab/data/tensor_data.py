@@ -8,6 +8,7 @@ int64 class indices, ``[N]`` for classification and ``[N, H, W]`` for segmentati
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,3 +125,47 @@ def standardise(train_x: Tensor, test_x: Tensor) -> tuple[Tensor, Tensor, list[f
     train_x = train_x.sub_(mean).div_(std)
     test_x = test_x.sub_(mean).div_(std)
     return train_x, test_x, mean.flatten().tolist(), std.flatten().tolist()
+
+
+def generated_data(
+    name: str,
+    task: str,
+    make: Callable[[int, Any], tuple[Any, Any]],
+    *,
+    n_train: int,
+    n_test: int,
+    seed: int,
+    num_classes: int,
+    augment: str,
+    options: dict[str, Any],
+    meta: dict[str, Any],
+) -> TensorData:
+    """A generated data set: ``make(n, rng)`` gives numpy ``(x, y)``; the training split
+    comes from the random stream ``(seed, 0)`` and the test split from ``(seed, 1)``, so
+    changing ``n_train`` leaves the test set as it was. Normalised by the training split;
+    ``meta`` (the source, ...) is completed with the split sizes, seed, mean/std and the
+    options that rebuild the set."""
+    import numpy as np
+
+    train_x, train_y = make(n_train, np.random.default_rng([seed, 0]))
+    test_x, test_y = make(n_test, np.random.default_rng([seed, 1]))
+    tx, vx, mean, std = standardise(torch.from_numpy(train_x), torch.from_numpy(test_x))
+    return TensorData(
+        name=name,
+        task=task,
+        train_x=tx,
+        train_y=torch.from_numpy(train_y),
+        test_x=vx,
+        test_y=torch.from_numpy(test_y),
+        num_classes=num_classes,
+        augment=augment,
+        meta={
+            **meta,
+            "split_seed": seed,
+            "n_train": n_train,
+            "n_test": n_test,
+            "mean": mean,
+            "std": std,
+            "options": options,
+        },  # fmt: skip
+    )
