@@ -78,7 +78,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
             torch.manual_seed(seed)
             model = create_model(name, in_channels=1, num_classes=10)
             # plain-8 ends with the highest train loss, so the degradation sentence has a known answer
-            loss = 2.0 - 0.1 * i - 0.01 * seed
+            loss = 2.0 - 0.5 * i - 0.01 * seed
             history = [{"epoch": e, "train_loss": loss + 0.5 / e, "test_acc": 0.5 + 0.1 * e + 0.01 * seed}
                        for e in (1, 2)]  # fmt: skip
             rid = f"degradation/{name}/digits/s{seed}"
@@ -225,3 +225,31 @@ def test_pathgrad_findings_read_a_max_length_split() -> None:
     assert len(gradient_share(cut)) == 4  # rows 0..3, not the remainder
     text, _ = pathgrad_findings({"full": [full], "cut": [cut]})
     assert sum("(9 units, 512 paths)" in t for t in text) == 2
+
+
+def test_degradation_findings_weigh_the_spread_over_seeds() -> None:
+    """Plain-vs-residual and shallow-vs-deep comparisons are called only when the gap is
+    larger than the spread over seeds (and 10%); otherwise the report says so."""
+    from skiplab.report.findings import RunData, Stat, _degradation
+
+    def run(label: str) -> RunData:
+        return RunData(id=label, kind="run", status="finished", group="g", label=label,
+                       model=label, options={}, data="digits", seed=0, metrics={}, history=[],
+                       error=None, duration_s=1.0)  # fmt: skip
+
+    runs = [run(x) for x in ("plain-8", "plain-20", "resnet-8", "resnet-20")]
+    clear = {"plain-8": Stat(0.5, 0.01, 2), "plain-20": Stat(1.0, 0.01, 2),
+             "resnet-8": Stat(0.3, 0.01, 2), "resnet-20": Stat(0.2, 0.01, 2)}  # fmt: skip
+    text = " ".join(_degradation(runs, clear))
+    assert "The deeper plain net trains worse" in text
+    assert "At depth 20 the residual nets reach a lower train loss than plain-20" in text
+    noisy = {"plain-8": Stat(0.5, 0.3, 2), "plain-20": Stat(0.6, 0.3, 2),
+             "resnet-8": Stat(0.45, 0.3, 2), "resnet-20": Stat(0.55, 0.3, 2)}  # fmt: skip
+    text = " ".join(_degradation(runs, noisy))
+    assert "slightly worse" in text and "no clear degradation" in text
+    assert "degradation problem" not in text and "as He et al. 2015 report" not in text
+    assert "At depth 20 resnet-20 and plain-20 train to losses within the spread" in text
+    higher = {**clear, "resnet-20": Stat(1.5, 0.01, 2)}
+    assert "at depth 20 resnet-20 reaches a higher train loss than plain-20" in " ".join(
+        _degradation(runs, higher)
+    )

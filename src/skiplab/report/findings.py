@@ -399,10 +399,15 @@ def _degradation(runs: list[RunData], loss: dict[str, Stat]) -> list[str]:
         worse = b.mean > a.mean
         gap = f"train loss {b} at depth {hi} vs {a} at depth {lo}"
         if is_plain(family):
-            if worse:
+            if clearly_above(b, a):
                 out.append(
                     f"The deeper plain net trains worse ({gap}): the degradation problem of "
                     "He et al. 2015 (Fig. 6) appears here."
+                )
+            elif worse:
+                out.append(
+                    f"The deeper plain net trains slightly worse ({gap}), within the spread "
+                    "over seeds: no clear degradation."
                 )
             else:
                 out.append(
@@ -422,18 +427,27 @@ def _degradation(runs: list[RunData], loss: dict[str, Stat]) -> list[str]:
         res = [fam[f][depth] for f in fam if not is_plain(f) and depth in fam[f]]
         if plain is None or not res:
             continue
-        better = [x for x in res if loss[x].mean < loss[plain].mean]
+        p = loss[plain]
+        better = [x for x in res if clearly_above(p, loss[x])]
+        higher = [x for x in res if clearly_above(loss[x], p)]
         cmp = join_and([f"{x} {loss[x]}" for x in res])
         if len(better) == len(res):
             out.append(
                 f"At depth {depth} the residual nets reach a lower train loss than {plain} "
-                f"({cmp} vs {loss[plain]}), as He et al. 2015 report."
+                f"({cmp} vs {p}), as He et al. 2015 report."
+            )
+        elif higher:
+            out.append(
+                f"Contrary to He et al. 2015, at depth {depth} {join_and(higher)} "
+                f"reach{'es' if len(higher) == 1 else ''} a higher train loss than {plain} "
+                f"({cmp} vs {p})."
             )
         else:
+            close = [x for x in res if x not in better]
             out.append(
-                f"Contrary to He et al. 2015, at depth {depth} {join_and([x for x in res if x not in better])} "
-                f"do{'es' if len(res) - len(better) == 1 else ''} not reach a lower train loss than {plain} "
-                f"({cmp} vs {loss[plain]})."
+                f"At depth {depth} {join_and(close)} and {plain} train to losses within the "
+                f"spread over seeds ({cmp} vs {p}): no clear difference"
+                + (f"; {join_and(better)} clearly lower." if better else ".")
             )
     return out
 
