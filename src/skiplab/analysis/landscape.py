@@ -47,10 +47,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models.layers import check_choice, check_positive_int, invalid
+from .gradflow import default_loss
 from .result import Result, new_axes
 
 log = logging.getLogger(__name__)
@@ -242,9 +242,7 @@ def _loss_for(loss_fn: LossFn | None, y: Tensor) -> tuple[LossFn, bool]:
     """The loss (default: cross-entropy for integer class labels, else mean squared error)
     and whether the targets are class labels (then accuracy is counted too)."""
     classify = not y.is_floating_point() and not y.is_complex()
-    if loss_fn is not None:
-        return loss_fn, classify
-    return (F.cross_entropy if classify else F.mse_loss), classify
+    return loss_fn or default_loss, classify
 
 
 # --------------------------------------------------------------------------- evaluation
