@@ -42,7 +42,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.layers import check_choice, check_positive_int, invalid
+from .batches import xy_batches
 from .gradflow import default_loss
 from .result import Result, new_axes
 
@@ -206,36 +207,6 @@ def random_direction(
 
 
 # --------------------------------------------------------------------------- data
-
-
-def _batches(
-    data: Any, batch_size: int | None, device: torch.device
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """(x, y) tensors split into ``batch_size`` chunks, or an iterable of (x, y) batches."""
-    if (
-        isinstance(data, tuple | list)
-        and len(data) == 2
-        and all(isinstance(t, Tensor) for t in data)
-    ):
-        x, y = data
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(
-                f"invalid data: x has {x.shape[0]} samples and y has {y.shape[0]}; "
-                "expected (x, y) tensors with the same first dimension"
-            )
-        n = x.shape[0]
-        step = n if batch_size is None else batch_size
-        for i in range(0, n, step):
-            yield x[i : i + step].to(device), y[i : i + step].to(device)
-        return
-    if not isinstance(data, Iterable):
-        raise ValueError(
-            f"invalid data of type {type(data).__name__}: expected (x, y) tensors or an "
-            "iterable of (x, y) batches"
-        )
-    for batch in data:
-        x, y = batch[0], batch[1]
-        yield x.to(device), y.to(device)
 
 
 def _loss_for(loss_fn: LossFn | None, y: Tensor) -> tuple[LossFn, bool]:
@@ -717,7 +688,7 @@ def loss_landscape(
     coords = torch.linspace(-float(span), float(span), steps, dtype=torch.float64)
     # The origin first (the model's own loss), then the grid.
     ab = torch.cat([torch.zeros(1, dims, dtype=torch.float64), _grid(dims, coords)])
-    batches = _batches(data, batch_size, device)
+    batches = ((x.to(device), y.to(device)) for x, y in xy_batches(data, batch_size))
     if method == "inplace":
         totals = _run_inplace(model, batches, moving, ab, loss_fn, precision)
     else:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .batches import xy_batches
 from .blocks import UnitView, find_units
 from .gradflow import default_loss, module_mode
 from .result import Result, new_axes
@@ -30,21 +31,6 @@ log = logging.getLogger(__name__)
 
 METRICS = ("accuracy", "loss")
 Batches = Sequence[tuple[Tensor, Tensor]]
-
-
-def _batches(data: Any) -> Batches | Iterable[tuple[Tensor, Tensor]]:
-    """``(x, y)`` tensors -> one batch; a re-iterable of batches stays as it is; a one-shot
-    iterator is read into a list (it is evaluated many times)."""
-    if (
-        isinstance(data, tuple | list)
-        and len(data) == 2
-        and isinstance(data[0], Tensor)
-        and isinstance(data[1], Tensor)
-    ):
-        return [(data[0], data[1])]
-    if iter(data) is data:
-        return list(data)
-    return data
 
 
 def _evaluate(
@@ -207,7 +193,7 @@ def lesion(
     bad_k = [k for k in k_values if not isinstance(k, int) or not 1 <= k <= num]
     if bad_k:
         raise ValueError(f"invalid k_values {bad_k}: each k must be an int in 1..{num} (units)")
-    batches = _batches(data)
+    batches = xy_batches(data, reiterable=True)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     rng = random.Random(seed)
 
