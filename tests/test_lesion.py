@@ -136,3 +136,12 @@ def test_result_contract() -> None:
     assert "Lesion(" in repr(r) and "Veit" in r.summary()
     for which in ("single", "random_k", "swaps"):
         assert r.plot(which=which).get_ylabel() == "accuracy"
+
+
+def test_bad_data_is_one_clear_message() -> None:
+    x, y = data(8)
+    model = skiplab.create_model("resnet-8", width=0.25)
+    with pytest.raises(ValueError, match="x has 8 samples and y has 5"):
+        lesion(model, (x, y[:5]))
+    with pytest.raises(ValueError, match="expected \\(x, y\\) tensors or an iterable"):
+        lesion(model, 3)
