@@ -330,8 +330,8 @@ def analyze_cmd(
     import json as _json
 
     from . import analysis as A
+    from .io import atomic_write_text
     from .provenance import provenance
-    from .train.checkpoint import atomic_write_text
 
     if kind not in ANALYSES:
         import difflib

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..io import atomic_write_bytes, atomic_write_text
 from ..study.store import Store
-from ..train.checkpoint import atomic_write_bytes, atomic_write_text
 from . import figures as F
 from . import findings as T
 from .findings import StudyData, Table, load_study

@@ -338,7 +338,7 @@ def _spec_json(spec: StudySpec) -> dict[str, Any]:
 
 
 def write_results_json(store: Store, out_dir: Path) -> None:
-    from ..train.checkpoint import atomic_write_text
+    from ..io import atomic_write_text
 
     results: dict[str, list[dict[str, Any]]] = {}
     for x in store.results():  # one query, not one per run

@@ -11,8 +11,6 @@ over the target, so a kill at any moment leaves either the old or the new checkp
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
+
+from ..io import atomic_write
 
 FORMAT = "skiplab-checkpoint"
 VERSION = 1
@@ -55,48 +55,13 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file atomically (temp file + fsync + rename)."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-
-    _atomic_write(Path(path), write)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (temp file + rename)."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    _atomic_write(Path(path), write)
-
-
 def save_checkpoint(
     path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
 ) -> None:
     """Write tensors + metadata atomically as one safetensors file."""
     header = {"format": FORMAT, "version": VERSION, **meta}
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    _atomic_write(
+    atomic_write(
         Path(path), lambda tmp: save_file(cpu, tmp, metadata={"skiplab": json.dumps(header)})
     )
 

@@ -28,10 +28,10 @@ from torch import Tensor, nn
 from ..analysis.blocks import find_units
 from ..analysis.gradflow import unit_grad_norms
 from ..data import TensorData, iterate_batches
+from ..io import atomic_write_text
 from ..models.unet import center_crop
 from ..provenance import provenance
 from .checkpoint import (
-    atomic_write_text,
     load_checkpoint,
     load_model_state,
     optimizer_tensors,
