@@ -191,15 +191,11 @@ class _UnitPullback:
     def __init__(self, view: UnitView, x: Tensor, autocast: Any) -> None:
         x = x.detach()
         self.x_shape = x.shape
-        identity = [False]
-
-        def shortcut(t: Tensor) -> Tensor:
-            out = view.shortcut(t)
-            identity[0] = out is t
-            return out
-
         with torch.no_grad(), autocast, _EvalBatchNormAsAffine():
-            s, self._vjp_s = torch.func.vjp(shortcut, x)
+            s = view.shortcut(x)
+            self.identity_shortcut = s is x  # most units: no VJP to build or take
+            if not self.identity_shortcut:
+                s, self._vjp_s = torch.func.vjp(view.shortcut, x)
             b, self._vjp_b = torch.func.vjp(view.branch, x)
             self._branch_dtype = b.dtype  # bfloat16 under autocast
             self.gated = getattr(view.module, "gate", None) is not None
@@ -209,7 +205,6 @@ class _UnitPullback:
             elif not (view.post_is_identity() and s.shape == b.shape == x.shape):
                 _, self._vjp_f = torch.func.vjp(lambda s_, b_: view.finish(s_, b_, x), s, b)
             # else out = s + b: the VJP hands the cotangent to both paths unchanged.
-        self.identity_shortcut = identity[0]
 
     def post(self, cot: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Cotangents of (shortcut output, branch output, gate input x)."""
