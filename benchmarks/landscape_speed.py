@@ -33,9 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import sys
-import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -44,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 import skiplab
+from bench_common import device_name, timed
 from skiplab.analysis.landscape import loss_landscape, random_direction
 
 TARGET_S = {"cpu": 60.0, "cuda": 45.0}
@@ -64,11 +63,6 @@ def cifar_like(images: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(images, 3, 32, 32, generator=g), torch.randint(0, 10, (images,), generator=g)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def naive_point(model, x, y, d1, d2, a: float, b: float) -> float:
     """One grid point the naive way: copy the model, move its weights, one pass over the data."""
     m = copy.deepcopy(model)
@@ -76,14 +70,6 @@ def naive_point(model, x, y, d1, d2, a: float, b: float) -> float:
         for name, p in m.named_parameters():
             p.add_(a * d1[name] + b * d2[name])
         return float(F.cross_entropy(m(x), y))
-
-
-def timed(device: torch.device, fn: Callable[[], Any]) -> tuple[float, Any]:
-    sync(device)
-    t0 = time.perf_counter()
-    out = fn()
-    sync(device)
-    return time.perf_counter() - t0, out
 
 
 def landscape_variant(
@@ -249,9 +235,7 @@ def main() -> int:
         "data": data_name,
         "grid": f"{args.steps}x{args.steps}",
         "points": args.steps**2 + 1,
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
+        "device": device_name(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "headline": headline,

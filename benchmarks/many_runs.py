@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from bench_common import device_name
 from skiplab.study import parse_spec, run_study
 
 
@@ -101,11 +102,7 @@ def main() -> None:
         con = timed_study(spec, Path(tmp) / "concurrent", args.runs, args.device)
     speedup = seq["wall_s"] / con["wall_s"]
     startup = con["wall_s"] - max(con["run_s"])
-    device = (
-        torch.cuda.get_device_name(0)
-        if args.device == "cuda"
-        else f"cpu ({torch.get_num_threads()} threads)"
-    )
+    device = device_name(args.device)
     result = {
         "runs": args.runs,
         "model": args.model,

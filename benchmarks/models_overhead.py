@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import skiplab
+from bench_common import device_name, timed
 
 
 class HandBlock(nn.Module):
@@ -60,13 +60,7 @@ class HandResNet56(nn.Module):
 
 
 def step_time(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    if x.is_cuda:
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    F.cross_entropy(model(x), y).backward()
-    if x.is_cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
+    return timed(x.device, lambda: F.cross_entropy(model(x), y).backward())[0]
 
 
 def main() -> None:
@@ -102,9 +96,7 @@ def main() -> None:
         "hand_ms": 1e3 * statistics.median(t_hand),
         "ratio": statistics.median(t_ours) / statistics.median(t_hand),
         "build_preact_resnet_1001_s": min(build),
-        "device": torch.cuda.get_device_name(dev)
-        if dev.type == "cuda"
-        else platform.processor() or "cpu",
+        "device": device_name(dev),
         "threads": torch.get_num_threads(),
         "batch": args.batch,
         "torch": torch.__version__,

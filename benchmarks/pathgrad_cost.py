@@ -20,10 +20,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,13 +29,9 @@ import torch
 import torch.nn.functional as F
 
 import skiplab
+from bench_common import device_name, timed
 from skiplab.analysis.blocks import find_units
 from skiplab.analysis.pathgrad import path_gradients
-
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def fwd_bwd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str) -> None:
@@ -50,14 +44,6 @@ def fwd_bwd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, precision:
     with autocast:
         loss = F.cross_entropy(model(xg).float(), y)
     loss.backward()
-
-
-def timed(fn: Callable[[], Any], dev: torch.device) -> float:
-    sync(dev)
-    t = time.perf_counter()
-    fn()
-    sync(dev)
-    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -115,19 +101,19 @@ def main() -> None:
     for fn in fns:  # warm-up, and the peak memory of each case
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        timed(fn, dev)
+        timed(dev, fn)
         peak_mb.append(torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None)
     times: list[list[float]] = [[] for _ in cases]
     for _ in range(args.repeats):  # interleaved, so drift hits all of them
         for t, fn in zip(times, fns, strict=True):
-            t.append(timed(fn, dev))
+            t.append(timed(dev, fn)[0])
     model.zero_grad(set_to_none=True)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
         with profile(activities=acts) as prof:
-            timed(lambda: path_gradients(model, x, y, samples=0), dev)
+            timed(dev, lambda: path_gradients(model, x, y, samples=0))
         key = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
         print(prof.key_averages().table(sort_by=key, row_limit=20), file=sys.stderr)
     ms = [1e3 * statistics.median(t) for t in times]
@@ -136,9 +122,7 @@ def main() -> None:
         "model": args.model,
         "units": units,
         "batch": args.batch,
-        "device": torch.cuda.get_device_name(dev)
-        if dev.type == "cuda"
-        else platform.processor() or "cpu",
+        "device": device_name(dev),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "repeats": args.repeats,

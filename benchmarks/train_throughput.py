@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 import skiplab
+from bench_common import device_name
 from skiplab.data import TensorData
 from skiplab.train import fit, get_recipe
 
@@ -124,9 +125,7 @@ def main() -> None:
         "skiplab_eager_img_s": None if eager is None else round(eager, 1),
         "reference_img_s": None if ref is None else round(ref, 1),
         "ratio": None if ref is None else round(ours / ref, 3),
-        "device": torch.cuda.get_device_name(dev)
-        if dev.type == "cuda"
-        else f"cpu ({torch.get_num_threads()} threads)",
+        "device": device_name(dev),
         "compile": args.compile,
         "torch": torch.__version__,
     }
