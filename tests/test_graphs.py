@@ -114,3 +114,29 @@ def test_fit_with_cuda_graphs_matches_eager(tmp_path, exact_cudnn) -> None:
     for a, b in zip(runs[0].metrics, runs[1].metrics, strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
         assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-2)
+
+
+@cuda
+def test_uncapturable_model_falls_back_to_eager(caplog) -> None:
+    """A forward that syncs with the CPU (.item()) cannot be captured: one warning, then
+    the same steps eagerly."""
+
+    class Syncs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            scale = float(x.abs().max().item()) or 1.0  # a device-to-host sync
+            return self.fc(x / scale)
+
+    torch.manual_seed(0)
+    net = Syncs().cuda()
+    step = GraphedStep(net, task_loss, None, warmup=1)
+    x, y = torch.randn(16, 8, device="cuda"), torch.zeros(16, dtype=torch.long, device="cuda")
+    with caplog.at_level("WARNING"):
+        losses = [step(x, y)[1].item() for _ in range(4)]
+    assert step.failed and step.graph is None and step.replays == 0
+    assert "CUDA graph capture failed" in caplog.text
+    assert all(abs(v - losses[0]) < 1e-6 for v in losses)  # no optimizer: same loss each step
+    assert net.fc.weight.grad is not None
