@@ -20,6 +20,10 @@ runner = CliRunner()
         (["paths", "preact-resnet-20"], lambda r: r["min"] == 1),
         (["gradflow", "resnet-8", "--width", "0.5"], lambda r: len(r["units"]) == 3),
         (["pathgrad", "resnet-8", "--batch", "4"], lambda r: len(r["norms"]) == 4),
+        (
+            ["pathgrad", "resnet-20", "--batch", "4", "--max-length", "3", "--samples", "0"],
+            lambda r: r["max_length"] == 3 and len(r["norms"]) == 5 and r["per_path_norm"] is None,
+        ),
         (["lesion", "resnet-8"], lambda r: len(r["single"]) == 3),
         (
             ["nlc", "resmlp-4", "--act", "identity", "--norm", "none"],
@@ -56,6 +60,8 @@ def test_analyze_kinds(tmp_path: Path, args: list[str], check) -> None:
         (["paths", "resnt-20"], "did you mean 'resnet-20'"),
         (["paths"], "needs a model name"),
         (["paths", "resnet-20", "--until", "stages.9"], "stages.9"),
+        (["lesion", "resnet-8", "--max-length", "3"], "--max-length is for pathgrad, not lesion"),
+        (["landscape", "resnet-8", "--precision", "fp16"], "allowed: 'fp32', 'bf16'"),
     ],
 )
 def test_analyze_bad_input(tmp_path: Path, args: list[str], needle: str) -> None:

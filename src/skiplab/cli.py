@@ -325,6 +325,16 @@ def analyze_cmd(
     dims: int = typer.Option(2, "--dims", help="landscape: 1 or 2"),
     steps: int = typer.Option(21, "--steps", help="landscape: grid points per axis"),
     depths: str = typer.Option(None, "--depths", help="identity/shattered: comma-separated depths"),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto"),
+    precision: str = typer.Option(
+        None, "--precision", help="pathgrad, landscape: fp32 (default, exact) or bf16"
+    ),
+    max_length: int = typer.Option(
+        None, "--max-length", help="pathgrad: exact parts up to K branches, then one remainder"
+    ),
+    samples: int = typer.Option(
+        None, "--samples", help="pathgrad: single paths sampled per length (default 2; 0: none)"
+    ),
 ) -> None:
     """Run one analysis; write result.json and a PNG figure; print a summary."""
     import json as _json
@@ -339,10 +349,21 @@ def analyze_cmd(
         close = difflib.get_close_matches(kind, ANALYSES, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"unknown analysis {kind!r}{hint}; allowed: {', '.join(ANALYSES)}")
+    from .train.trainer import resolve_device
+
     options = parse_options(ctx.args)
     block_list = blocks.split(",") if blocks else None
+    dev = resolve_device(device)
+    extra = {k: v for k, v in (("precision", precision), ("max_length", max_length),
+                               ("samples", samples)) if v is not None}  # fmt: skip
+    allowed = {"pathgrad": ("precision", "max_length", "samples"), "landscape": ("precision",)}
+    wrong = [k for k in extra if k not in allowed.get(kind, ())]
+    if wrong:
+        flag = "--" + wrong[0].replace("_", "-")
+        users = [a for a, opts in allowed.items() if wrong[0] in opts]
+        raise ValueError(f"{flag} is for {' and '.join(users)}, not {kind}")
     if kind in ("identity", "shattered"):
-        kwargs: dict[str, Any] = dict(options)
+        kwargs: dict[str, Any] = {"device": dev, **options}
         if target:
             kwargs["models"] = target.split(",")
         if depths:
@@ -360,18 +381,19 @@ def analyze_cmd(
                 f"{kind} needs a model name or a checkpoint, e.g. skiplab analyze {kind} resnet-20"
             )
         model, dataset, label = _load_for_analysis(target, options, data, data_dir, seed)
-        model.eval()
-        x, y = dataset.test_x[:batch], dataset.test_y[:batch]
+        model.eval().to(dev)
+        x, y = dataset.test_x[:batch].to(dev), dataset.test_y[:batch].to(dev)
         if kind == "paths":
             res = A.path_spectrum(model, x[:1], until=until, blocks=block_list)
         elif kind == "gradflow":
             res = A.gradient_flow(model, x, y, blocks=block_list)
         elif kind == "pathgrad":
-            res = A.path_gradients(model, x, y, blocks=block_list, seed=seed)
+            res = A.path_gradients(model, x, y, blocks=block_list, seed=seed, **extra)
         elif kind == "lesion":
-            res = A.lesion(model, (dataset.test_x, dataset.test_y), blocks=block_list, seed=seed)
+            test = (dataset.test_x.to(dev), dataset.test_y.to(dev))
+            res = A.lesion(model, test, blocks=block_list, seed=seed)
         elif kind == "landscape":
-            res = A.loss_landscape(model, (x, y), dims=dims, steps=steps, seed=seed)
+            res = A.loss_landscape(model, (x, y), dims=dims, steps=steps, seed=seed, **extra)
         else:
             res = A.nonlinearity_coefficient(model, x, blocks=block_list)
     out_dir = out or Path("analyses") / f"{kind}-{Path(target).stem if target else kind}".replace(
