@@ -17,6 +17,10 @@ $PY -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))"
 step "CUDA tests: graphed training steps, data, landscape and path gradients on the GPU"
 lim 150 $PY -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_data.py \
   tests/test_landscape.py tests/test_pathgrad.py -k "cuda or graph" 2>&1 | tail -8
+step "skiplab analyze on the GPU (--device auto picks cuda)"
+lim 90 $PY -m pytest -q -p no:cacheprovider tests/test_cli_analyze.py 2>&1 | tail -4
+step "graphed vs eager training steps (bit-identical with deterministic cuDNN)"
+lim 60 $PY benchmarks/graph_check.py --json
 
 step "training throughput resnet-56, batch 128 (target >= 15k img/s, >= 2.5x reference)"
 lim 100 $PY benchmarks/train_throughput.py --device cuda --model resnet-56 --batch 128 --images 20000 --json
