@@ -3,7 +3,7 @@ another (``workers=1``) and all at once (``workers=N``, N worker processes shari
 device), each into its own temporary study folder.
 
     python benchmarks/many_runs.py --device cpu|cuda [--runs 8] [--model resnet-20]
-        [--batch 128] [--images 20000] [--epochs 5] [--json]
+        [--batch 128] [--images 20000] [--epochs 5] [--eager] [--json]
 
 The runs differ only by seed; they train ``--model`` on the embedded ``random`` data set
 (CIFAR-shaped Gaussian noise with random labels, ``--images`` training images, no
@@ -71,6 +71,26 @@ def timed_study(spec: Any, out_dir: Path, workers: int, device: str) -> dict[str
     return {"wall_s": wall, "run_s": run_s, "train_s": train_s}
 
 
+def eager_sequential(args: argparse.Namespace, out_dir: Path) -> float:
+    """The same runs one after another in this process with ``cuda_graphs=False``: what
+    running them costs without CUDA graphs (the regime of the issue's 5.3x for bare
+    concurrent processes). Returns the summed training time of the runs."""
+    from skiplab import create_model
+    from skiplab.data import load_dataset
+    from skiplab.train import fit, get_recipe
+
+    data = load_dataset("random", n_train=args.images, n_test=min(1000, args.images))
+    recipe = get_recipe("he2015-cifar", epochs=args.epochs, batch_size=args.batch)
+    total = 0.0
+    for seed in range(args.runs):
+        torch.manual_seed(seed)
+        model = create_model(args.model, num_classes=data.num_classes)
+        res = fit(model, data, recipe, out_dir / f"s{seed}", seed=seed, device=args.device,
+                  cuda_graphs=False)  # fmt: skip
+        total += sum(r["time_s"] for r in res.metrics)
+    return total
+
+
 def describe(name: str, m: dict[str, Any]) -> str:
     run_s, train_s = m["run_s"], m["train_s"]
     return (
@@ -90,6 +110,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--images", type=int, default=20_000, help="training images per run")
     p.add_argument("--epochs", type=int, default=5)
+    p.add_argument(
+        "--eager",
+        action="store_true",
+        help="also time the runs one after another without CUDA graphs",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     if args.device not in ("cpu", "cuda"):
@@ -100,6 +125,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="skiplab-many-runs-") as tmp:
         seq = timed_study(spec, Path(tmp) / "sequential", 1, args.device)
         con = timed_study(spec, Path(tmp) / "concurrent", args.runs, args.device)
+        eager = eager_sequential(args, Path(tmp) / "eager") if args.eager else None
     speedup = seq["wall_s"] / con["wall_s"]
     startup = con["wall_s"] - max(con["run_s"])
     device = device_name(args.device)
@@ -120,6 +146,10 @@ def main() -> None:
         "sequential_train_sum_s": round(sum(seq["train_s"]), 2),
         "concurrent_train_sum_s": round(sum(con["train_s"]), 2),
         "concurrent_startup_s": round(startup, 2),
+        # Without CUDA graphs, one after another: summed training time, and its ratio to
+        # the summed training time of the default (graphed) runs one after another.
+        "eager_train_sum_s": None if eager is None else round(eager, 2),
+        "graphs_speedup": None if eager is None else round(eager / sum(seq["train_s"]), 3),
     }
     if args.json:
         print(json.dumps(result))
@@ -130,6 +160,9 @@ def main() -> None:
     )
     print(describe("sequential", seq))
     print(describe("concurrent", con))
+    if eager is not None:
+        print(f"  eager (no CUDA graphs), one after another: {eager:.1f} s of training, "
+              f"{eager / sum(seq['train_s']):.2f}x the graphed runs'")  # fmt: skip
     print(
         f"  speed-up {speedup:.2f}x at once (target >= 4x on an H100); concurrent start-up "
         f"(wall - longest run) {startup:.1f} s"
