@@ -278,3 +278,45 @@ def test_cuda_parts_sum_and_bf16() -> None:
     assert rel(k.parts[:4], r.parts[:4]) < 1e-2 and rel(k.parts[4], r.parts[4:].sum(0)) < 1e-2
     b = path_gradients(model, x, y, samples=0, precision="bf16")
     assert b.parts.dtype == torch.float32 and rel(b.parts.sum(0), g) < 0.2
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("resnet-20", {}),
+        ("preact-resnet-20", {}),
+        ("resnet-20", {"placement": "bn-after-add"}),
+        ("resnet-20", {"placement": "relu-before-add"}),
+        ("resnet-20", {"placement": "relu-only-preact"}),
+        ("resnet-20", {"branch_scale": 0.5}),
+        ("resnet-20", {"shortcut": "projection"}),
+        ("preact-resnet-164", {"width": 0.25}),
+        ("resmlp-8", {}),
+    ],
+)
+def test_direct_vjps_equal_the_functorch_path(monkeypatch, name, options) -> None:
+    """Units made of known modules take their VJPs directly (no autograd, no vmap); the
+    parts are those of the general torch.func path, to float64 precision."""
+    import skiplab.analysis.pathgrad as pg
+
+    torch.manual_seed(0)
+    model = skiplab.create_model(name, **options).double()
+    for m in model.modules():  # BN statistics away from 0/1, so the BN scale matters
+        if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    if name.startswith("resmlp"):
+        x = torch.randn(3, 64, dtype=torch.float64)
+    else:
+        x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    y = torch.randint(0, 10, (x.shape[0],))
+    used = []
+    real = pg._linear_unit
+    monkeypatch.setattr(pg, "_linear_unit", lambda v, t: used.append(real(v, t)) or used[-1])
+    direct = path_gradients(model, x, y, samples=2)
+    monkeypatch.setattr(pg, "_linear_unit", lambda v, t: None)
+    general = path_gradients(model, x, y, samples=2)
+    torch.testing.assert_close(direct.parts, general.parts, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(direct.per_path_norm, general.per_path_norm, rtol=1e-9, atol=0)
+    if options.get("placement") != "bn-after-add":  # BN after the addition: general path
+        assert sum(u is not None for u in used) >= len(used) - 3  # all but transitions
