@@ -320,3 +320,24 @@ def test_direct_vjps_equal_the_functorch_path(monkeypatch, name, options) -> Non
     torch.testing.assert_close(direct.per_path_norm, general.per_path_norm, rtol=1e-9, atol=0)
     if options.get("placement") != "bn-after-add":  # BN after the addition: general path
         assert sum(u is not None for u in used) >= len(used) - 3  # all but transitions
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_direct_vjps_of_torchvision_blocks(monkeypatch, arch) -> None:
+    """torchvision BasicBlock / Bottleneck without downsample take the direct VJPs too."""
+    import skiplab.analysis.pathgrad as pg
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(num_classes=5).double()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 2.0)
+    x, y = torch.randn(1, 3, 32, 32, dtype=torch.float64), torch.tensor([2])
+    used = []
+    real = pg._linear_unit
+    monkeypatch.setattr(pg, "_linear_unit", lambda v, t: used.append(real(v, t)) or used[-1])
+    direct = path_gradients(model, x, y, samples=0)
+    monkeypatch.setattr(pg, "_linear_unit", lambda v, t: None)
+    general = path_gradients(model, x, y, samples=0)
+    torch.testing.assert_close(direct.parts, general.parts, rtol=1e-10, atol=1e-13)
+    assert sum(u is not None for u in used) == len(used) - (3 if arch == "resnet18" else 4)

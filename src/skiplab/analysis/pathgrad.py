@@ -48,7 +48,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..models.blocks import ResidualUnit
 from ..models.layers import Scale, check_choice, invalid
-from .blocks import UnitView, find_units
+from .blocks import UnitView, _tv_types, find_units
 from .gradflow import LossFn, default_loss, module_mode
 from .result import Result, new_axes, to_jsonable
 
@@ -259,13 +259,20 @@ class _LinearChain:
 
 
 def _linear_unit(view: UnitView, x: Tensor) -> tuple[_LinearChain, Tensor | None] | None:
-    """For a skiplab unit with an identity shortcut, no gate, a branch of known modules and
-    nothing or a ReLU after the addition: the branch's linear chain and the mask of the
+    """For a skiplab unit (or a torchvision BasicBlock/Bottleneck) with an identity
+    shortcut, no gate, a branch of known modules and nothing or a ReLU after the addition: the branch's linear chain and the mask of the
     ReLU after the addition (None without one). None for any other unit."""
     m = view.module
-    if not isinstance(m, ResidualUnit) or m.gate is not None or m.shortcut is None:
+    if isinstance(m, _tv_types()):  # torchvision BasicBlock / Bottleneck: relu(x + branch)
+        if m.downsample is not None:
+            return None
+        tail = [m.relu, m.conv3, m.bn3] if hasattr(m, "conv3") else []
+        mods: list[nn.Module] = [m.conv1, m.bn1, m.relu, m.conv2, m.bn2, *tail]
+        parts = [_chain(nn.Sequential(*mods)), [], [], [m.relu]]
+    elif isinstance(m, ResidualUnit) and m.gate is None and m.shortcut is not None:
+        parts = [_chain(m.preact), _chain(m.branch), _chain(m.branch_scale), _chain(m.post)]
+    else:
         return None
-    parts = [_chain(m.preact), _chain(m.branch), _chain(m.branch_scale), _chain(m.post)]
     if any(p is None for p in parts):
         return None
     pre, branch, scale, post = parts
@@ -290,7 +297,7 @@ class _UnitPullback:
     cotangents: ``post`` through what follows the addition (and the gate), ``shortcut``
     and ``branch`` through the two paths.
 
-    Units of skiplab models whose parts are all known modules (Conv2d, Linear, eval BN,
+    Units of skiplab models (and torchvision blocks) whose parts are all known modules (Conv2d, Linear, eval BN,
     ReLU, Scale, Dropout in eval mode; identity shortcut, no gate, nothing or a ReLU after
     the addition) take their VJPs directly (``_LinearChain``, with ``direct``; fp32 only);
     the others, and any model's units, through ``torch.func``: ``torch.func.vjp`` re-runs
