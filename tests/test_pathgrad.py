@@ -280,6 +280,19 @@ def test_cuda_parts_sum_and_bf16() -> None:
     assert b.parts.dtype == torch.float32 and rel(b.parts.sum(0), g) < 0.2
 
 
+def direct_and_general(monkeypatch, model, x, y, samples):
+    """path_gradients with the direct VJPs and with the torch.func path only; and, per
+    unit, what the direct path made of it (None: the unit went through torch.func)."""
+    import skiplab.analysis.pathgrad as pg
+
+    used = []
+    real = pg._linear_unit
+    monkeypatch.setattr(pg, "_linear_unit", lambda v, t: used.append(real(v, t)) or used[-1])
+    direct = path_gradients(model, x, y, samples=samples)
+    monkeypatch.setattr(pg, "_linear_unit", lambda v, t: None)
+    return direct, path_gradients(model, x, y, samples=samples), used
+
+
 @pytest.mark.parametrize(
     ("name", "options"),
     [
@@ -297,8 +310,6 @@ def test_cuda_parts_sum_and_bf16() -> None:
 def test_direct_vjps_equal_the_functorch_path(monkeypatch, name, options) -> None:
     """Units made of known modules take their VJPs directly (no autograd, no vmap); the
     parts are those of the general torch.func path, to float64 precision."""
-    import skiplab.analysis.pathgrad as pg
-
     torch.manual_seed(0)
     model = skiplab.create_model(name, **options).double()
     for m in model.modules():  # BN statistics away from 0/1, so the BN scale matters
@@ -310,12 +321,7 @@ def test_direct_vjps_equal_the_functorch_path(monkeypatch, name, options) -> Non
     else:
         x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     y = torch.randint(0, 10, (x.shape[0],))
-    used = []
-    real = pg._linear_unit
-    monkeypatch.setattr(pg, "_linear_unit", lambda v, t: used.append(real(v, t)) or used[-1])
-    direct = path_gradients(model, x, y, samples=2)
-    monkeypatch.setattr(pg, "_linear_unit", lambda v, t: None)
-    general = path_gradients(model, x, y, samples=2)
+    direct, general, used = direct_and_general(monkeypatch, model, x, y, samples=2)
     torch.testing.assert_close(direct.parts, general.parts, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(direct.per_path_norm, general.per_path_norm, rtol=1e-9, atol=0)
     if options.get("placement") != "bn-after-add":  # BN after the addition: general path
@@ -325,19 +331,12 @@ def test_direct_vjps_equal_the_functorch_path(monkeypatch, name, options) -> Non
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 def test_direct_vjps_of_torchvision_blocks(monkeypatch, arch) -> None:
     """torchvision BasicBlock / Bottleneck without downsample take the direct VJPs too."""
-    import skiplab.analysis.pathgrad as pg
-
     torch.manual_seed(0)
     model = getattr(torchvision.models, arch)(num_classes=5).double()
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.running_var.uniform_(0.5, 2.0)
     x, y = torch.randn(1, 3, 32, 32, dtype=torch.float64), torch.tensor([2])
-    used = []
-    real = pg._linear_unit
-    monkeypatch.setattr(pg, "_linear_unit", lambda v, t: used.append(real(v, t)) or used[-1])
-    direct = path_gradients(model, x, y, samples=0)
-    monkeypatch.setattr(pg, "_linear_unit", lambda v, t: None)
-    general = path_gradients(model, x, y, samples=0)
+    direct, general, used = direct_and_general(monkeypatch, model, x, y, samples=0)
     torch.testing.assert_close(direct.parts, general.parts, rtol=1e-10, atol=1e-13)
     assert sum(u is not None for u in used) == len(used) - (3 if arch == "resnet18" else 4)
