@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..models.layers import check_choice, check_positive_int, invalid
+from ..models.layers import check_choice, check_positive_int, eval_norm_affine, invalid
 from .batches import xy_batches
 from .gradflow import default_loss
 from .result import Result, new_axes
@@ -353,13 +353,8 @@ def _fold_batchnorm(net: nn.Module, masters: dict[str, tuple[Tensor, Tensor]]) -
             ):
                 continue
             w = conv.weight
-            mean, var = bn.running_mean.to(w.dtype), bn.running_var.to(w.dtype)
-            s = torch.rsqrt(var + bn.eps)
-            if bn.weight is not None:
-                s = s * bn.weight.to(w.dtype)
-            t = -mean * s
-            if bn.bias is not None:
-                t = t + bn.bias.to(w.dtype)
+            s, t = eval_norm_affine(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+            s, t = s.to(w.dtype), t.to(w.dtype)
             s_w = s.view(-1, *([1] * (w.dim() - 1)))  # [out, 1, ...]: per output channel
             w_name = names[id(w)]
             if w_name in masters:

@@ -30,7 +30,6 @@ from .result import Result, new_axes
 log = logging.getLogger(__name__)
 
 METRICS = ("accuracy", "loss")
-Batches = Sequence[tuple[Tensor, Tensor]]
 
 
 def _evaluate(

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..models.blocks import ResidualUnit
-from ..models.layers import Scale, check_choice, invalid
+from ..models.layers import Scale, check_choice, eval_norm_affine, invalid
 from .blocks import UnitView, _tv_types, find_units
 from .gradflow import LossFn, default_loss, module_mode
 from .result import Result, new_axes, to_jsonable
@@ -170,12 +170,7 @@ class _EvalBatchNormAsAffine(TorchFunctionMode):
         x, mean, var, weight, bias, training, eps = _batch_norm_args(*args, **kwargs)
         if training or mean is None or var is None:
             return func(*args, **kwargs)
-        scale = torch.rsqrt(var + eps)
-        if weight is not None:
-            scale = scale * weight
-        shift = -mean * scale
-        if bias is not None:
-            shift = shift + bias
+        scale, shift = eval_norm_affine(mean, var, weight, bias, eps)
         shape = (1, -1) + (1,) * (x.dim() - 2)
         return x * scale.to(x.dtype).view(shape) + shift.to(x.dtype).view(shape)
 
@@ -228,8 +223,9 @@ class _LinearChain:
                     h = F.relu(h)  # never in place: h may be the unit's recorded input
                     continue
                 elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
-                    scale = torch.rsqrt(m.running_var + m.eps)
-                    self.steps.append((m, scale if m.weight is None else scale * m.weight))
+                    scale, _ = eval_norm_affine(m.running_mean, m.running_var, m.weight,
+                                                m.bias, m.eps)  # fmt: skip
+                    self.steps.append((m, scale))
                 elif isinstance(m, nn.Linear | Scale):
                     self.steps.append((m, None))
                 h = m(h)

@@ -152,6 +152,23 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
 # --------------------------------------------------------------------------- convs
 
 
+def eval_norm_affine(
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode batch norm as the per-channel affine map it is: ``x * scale + shift``."""
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias
+    return scale, shift
+
+
 def conv2d_layer(bias: bool = False) -> ConvLayer:
     """k x k convolution with 'same' padding (the CIFAR and ImageNet ResNet convention)."""
 
