@@ -444,6 +444,21 @@ def _sample_paths(num_units: int, samples: int, seed: int) -> tuple[Tensor, list
     return mask, lengths, exact
 
 
+def shortest_range(share: Sequence[float | None], fraction: float = 0.9) -> tuple[int, int]:
+    """The shortest index range [lo, hi] whose shares sum to ``fraction`` (the path lengths
+    that carry that much of the gradient); missing shares count as 0."""
+    best = (0, len(share) - 1)
+    for lo in range(len(share)):
+        acc = 0.0
+        for hi in range(lo, len(share)):
+            acc += share[hi] or 0.0
+            if acc >= fraction - 1e-12:
+                if hi - lo < best[1] - best[0]:
+                    best = (lo, hi)
+                break
+    return best
+
+
 @dataclass(repr=False)
 class PathGradients(Result):
     """The input gradient split by path length (number of residual branches passed).
@@ -487,16 +502,7 @@ class PathGradients(Result):
         gradient magnitude (``total_share`` if sampled, else ``norm_share``; there, with
         ``max_length=K``, hi = K + 1 stands for the remainder, lengths K+1..U)."""
         share = self.total_share if self.total_share is not None else self.norm_share
-        best = (0, len(share) - 1)
-        for lo in range(len(share)):
-            acc = 0.0
-            for hi in range(lo, len(share)):
-                acc += share[hi]
-                if acc >= fraction - 1e-12:
-                    if hi - lo < best[1] - best[0]:
-                        best = (lo, hi)
-                    break
-        return best
+        return shortest_range(share, fraction)
 
     def _row_label(self, k: int) -> str:
         """``k=...`` for row k of ``parts``; ``k>K`` for the remainder row."""

@@ -14,6 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..analysis.pathgrad import shortest_range
 from ..study.store import Store
 
 # --------------------------------------------------------------------------- study data
@@ -554,20 +555,6 @@ def gradflow_findings(
 # --------------------------------------------------------------------------- path gradients
 
 
-def effective(share: list[float], fraction: float = 0.9) -> tuple[int, int]:
-    """The shortest range of path lengths holding ``fraction`` of the gradient."""
-    best = (0, len(share) - 1)
-    for lo in range(len(share)):
-        acc = 0.0
-        for hi in range(lo, len(share)):
-            acc += share[hi] or 0.0
-            if acc >= fraction - 1e-12:
-                if hi - lo < best[1] - best[0]:
-                    best = (lo, hi)
-                break
-    return best
-
-
 def gradient_share(res: dict[str, Any]) -> list[float]:
     """Share of the gradient per path length: Veit's sampled totals, else the exact parts
     (without the remainder row of a ``max_length`` split: it mixes all longer paths)."""
@@ -594,12 +581,12 @@ def pathgrad_findings(by_label: dict[str, list[dict[str, Any]]]) -> tuple[list[s
         if not share or not counts:
             continue
         u = len(counts) - 1
-        lo, hi = effective(share)
+        lo, hi = shortest_range(share)
         frac = sum(counts[lo : hi + 1]) / 2**u
         peak = max(range(len(share)), key=share.__getitem__)
         typical = u / 2
         rows.append([label, str(u), big(2**u), str(peak), f"{lo}–{hi}", pct(frac),
-                     num(stat([x.get("grad_norm") for x in results]).mean if stat([x.get("grad_norm") for x in results]) else None)])  # fmt: skip
+                     num(grad.mean if (grad := stat([x.get("grad_norm") for x in results])) else None)])  # fmt: skip
         out.append(
             f"In {label} ({u} units, {big(2**u)} paths), 90% of the gradient magnitude comes from "
             f"paths through {lo}–{hi} residual branches, {pct(frac)} of all paths; the largest "
