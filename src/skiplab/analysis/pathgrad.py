@@ -254,10 +254,34 @@ class _LinearChain:
         return g.reshape(r, *self.x_shape)
 
 
-def _linear_unit(view: UnitView, x: Tensor) -> tuple[_LinearChain, Tensor | None] | None:
-    """For a skiplab unit (or a torchvision BasicBlock/Bottleneck) with an identity
-    shortcut, no gate, a branch of known modules and nothing or a ReLU after the addition: the branch's linear chain and the mask of the
-    ReLU after the addition (None without one). None for any other unit."""
+class _DirectPullback:
+    """The VJPs of a unit ``_linear_unit`` recognised, computed by its ``_LinearChain``
+    (no autograd, no ``vmap``); the interface of ``_UnitPullback``."""
+
+    identity_shortcut, gated = True, False
+
+    def __init__(self, chain: _LinearChain, mask: Tensor | None) -> None:
+        self.chain, self.mask, self.x_shape = chain, mask, chain.x_shape
+
+    def post(self, cot: Tensor) -> tuple[Tensor, Tensor, None]:
+        g = cot if self.mask is None else cot * self.mask
+        return g, g, None
+
+    def post_and_branch(self, cot: Tensor) -> tuple[Tensor, Tensor]:
+        g = self.post(cot)[0]
+        return g, self.chain(g)
+
+    def shortcut(self, cot: Tensor) -> Tensor:
+        return cot
+
+    def branch(self, cot: Tensor) -> Tensor:
+        return self.chain(cot)
+
+
+def _linear_unit(view: UnitView, x: Tensor) -> _DirectPullback | None:
+    """The direct VJPs of a skiplab unit (or a torchvision BasicBlock/Bottleneck) with an
+    identity shortcut, no gate, a branch of known modules and nothing or a ReLU after the
+    addition; None for any other unit (it goes through ``_UnitPullback``)."""
     m = view.module
     if isinstance(m, _tv_types()):  # torchvision BasicBlock / Bottleneck: relu(x + branch)
         if m.downsample is not None:
@@ -274,6 +298,7 @@ def _linear_unit(view: UnitView, x: Tensor) -> tuple[_LinearChain, Tensor | None
     pre, branch, scale, post = parts
     if any(not isinstance(p, nn.ReLU | nn.Identity) for p in post):  # type: ignore[union-attr]
         return None
+    x = x.detach()
     with torch.no_grad():
         if view.shortcut(x) is not x:
             return None
@@ -281,11 +306,8 @@ def _linear_unit(view: UnitView, x: Tensor) -> tuple[_LinearChain, Tensor | None
         y = x + chain.out
         if y.shape != x.shape:
             return None
-        relus = [p for p in post if isinstance(p, nn.ReLU)]  # type: ignore[union-attr]
-        mask = None
-        for _ in relus:  # relu(relu(y)) has the mask of relu(y)
-            mask = y > 0
-    return chain, mask
+        relu_after = any(isinstance(p, nn.ReLU) for p in post)  # type: ignore[union-attr]
+        return _DirectPullback(chain, (y > 0) if relu_after else None)
 
 
 class _UnitPullback:
@@ -293,23 +315,18 @@ class _UnitPullback:
     cotangents: ``post`` through what follows the addition (and the gate), ``shortcut``
     and ``branch`` through the two paths.
 
-    Units of skiplab models (and torchvision blocks) whose parts are all known modules (Conv2d, Linear, eval BN,
-    ReLU, Scale, Dropout in eval mode; identity shortcut, no gate, nothing or a ReLU after
-    the addition) take their VJPs directly (``_LinearChain``, with ``direct``; fp32 only);
-    the others, and any model's units, through ``torch.func``: ``torch.func.vjp`` re-runs
-    the unit's forward once; under ``no_grad`` the outer autograd records nothing
+    Units of skiplab models (and torchvision blocks) whose parts are all known modules
+    (Conv2d, Linear, eval BN, ReLU, Scale, Dropout in eval mode; identity shortcut, no
+    gate, nothing or a ReLU after the addition) take their VJPs directly instead
+    (``_DirectPullback``; fp32 only); the others, and any model's units, come here:
+    ``torch.func.vjp`` re-runs the unit's forward once; under ``no_grad`` the outer autograd records nothing
     (function transforms ignore an outer no_grad), so each unit's graph is freed when the
     walk moves on. Both give the same parts (tested in float64).
     """
 
-    def __init__(self, view: UnitView, x: Tensor, autocast: Any, direct: bool = True) -> None:
+    def __init__(self, view: UnitView, x: Tensor, autocast: Any) -> None:
         x = x.detach()
         self.x_shape = x.shape
-        # ``direct``: VJPs of known modules computed directly (``_LinearChain``), no functorch.
-        self._linear = _linear_unit(view, x) if direct else None
-        if self._linear is not None:
-            self.identity_shortcut, self.gated = True, False
-            return
         with torch.no_grad(), autocast, _EvalBatchNormAsAffine():
             s = view.shortcut(x)
             self.identity_shortcut = s is x  # most units: no VJP to build or take
@@ -327,10 +344,6 @@ class _UnitPullback:
 
     def post(self, cot: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Cotangents of (shortcut output, branch output, gate input x)."""
-        if self._linear is not None:
-            mask = self._linear[1]
-            g = cot if mask is None else cot * mask
-            return g, g, None
         if self._vjp_f is None:
             return cot, cot, None
         with torch.no_grad():
@@ -342,9 +355,6 @@ class _UnitPullback:
         shortcut and no gate): the cotangent of the shortcut output and the branch's
         input gradient. One ``vmap`` per unit instead of two: on a GPU the walk is partly
         bound by this dispatch."""
-        if self._linear is not None:
-            g = self.post(cot)[0]
-            return g, self._linear[0](g)
         vjp_f, vjp_b, dtype = self._vjp_f, self._vjp_b, self._branch_dtype
         if vjp_f is None:  # out = s + b: the cotangent goes to both paths as it is
             return cot, self.branch(cot)
@@ -365,15 +375,16 @@ class _UnitPullback:
             return torch.func.vmap(self._vjp_s)(cot)[0]
 
     def branch(self, cot: Tensor) -> Tensor:
-        if self._linear is not None:
-            return self._linear[0](cot)
         if cot.shape[0] == 0:
             return cot.new_zeros((0, *self.x_shape))
         with torch.no_grad():
             return torch.func.vmap(self._vjp_b)(cot.to(self._branch_dtype))[0]
 
 
-def _push_parts(pull: _UnitPullback, stack: Tensor, m: int, rows: int) -> tuple[Tensor, int]:
+Pullback = _UnitPullback | _DirectPullback
+
+
+def _push_parts(pull: Pullback, stack: Tensor, m: int, rows: int) -> tuple[Tensor, int]:
     """Push the parts back through one unit: ``stack[:m]`` holds row k = gradient of the
     paths through k branches after the unit. Returns the stack before the unit and its
     number of live rows: m + 1, or m when it is full (``rows``: then the last row is the
@@ -402,7 +413,7 @@ def _push_parts(pull: _UnitPullback, stack: Tensor, m: int, rows: int) -> tuple[
     return out, m
 
 
-def _push_paths(pull: _UnitPullback, paths: Tensor, take_branch: Tensor) -> Tensor:
+def _push_paths(pull: Pullback, paths: Tensor, take_branch: Tensor) -> Tensor:
     """Push single sampled paths back through one unit: row i takes the branch where
     ``take_branch[i]`` (a CPU mask: the rows are gathered by index, with no device sync)
     and the shortcut elsewhere."""
@@ -662,7 +673,8 @@ def path_gradients(
         paths = g.unsqueeze(0).expand(mask.shape[0], *g.shape)  # single sampled paths
         for u in range(num - 1, -1, -1):
             x_u = records[u][0]
-            pull = _UnitPullback(units[u], x_u, autocast, direct=precision == "fp32")
+            direct = _linear_unit(units[u], x_u) if precision == "fp32" else None
+            pull = direct or _UnitPullback(units[u], x_u, autocast)
             stack, m = _push_parts(pull, stack, m, rows)
             if len(paths):
                 paths = _push_paths(pull, paths, mask[:, u])
