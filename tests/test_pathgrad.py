@@ -15,6 +15,7 @@ from torch import nn
 
 import skiplab
 from skiplab.analysis.pathgrad import PathGradients, path_gradients
+from skiplab.models.layers import Scale
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -340,3 +341,61 @@ def test_direct_vjps_of_torchvision_blocks(monkeypatch, arch) -> None:
     direct, general, used = direct_and_general(monkeypatch, model, x, y, samples=0)
     torch.testing.assert_close(direct.parts, general.parts, rtol=1e-10, atol=1e-13)
     assert sum(u is not None for u in used) == len(used) - (3 if arch == "resnet18" else 4)
+
+
+def _bn(channels: int, dim: int = 2) -> nn.Module:
+    bn = (nn.BatchNorm2d if dim == 2 else nn.BatchNorm1d)(channels).double().eval()
+    bn.running_mean.uniform_(-0.5, 0.5)
+    bn.running_var.uniform_(0.5, 2.0)
+    bn.weight.data.uniform_(0.5, 1.5)
+    return bn
+
+
+@pytest.mark.parametrize(
+    "chain",
+    [
+        # BN scales folded into the convolution before them and after them (pre-activation)
+        lambda: [
+            _bn(4),
+            nn.ReLU(),
+            nn.Conv2d(4, 6, 3, padding=1),
+            _bn(6),
+            nn.ReLU(),
+            nn.Conv2d(6, 4, 3, padding=1, bias=False),
+            Scale(0.3),
+        ],
+        # strided, dilated, grouped and unpadded convolutions: the conv2d_input path
+        lambda: [
+            nn.Conv2d(4, 8, 3, stride=2, padding=1),
+            _bn(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4),
+            _bn(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 4, 1),
+            nn.Conv2d(4, 4, (3, 1), padding=0),
+        ],
+        # no weight at all: the BN scale stays a multiply
+        lambda: [_bn(4), nn.ReLU(), Scale(2.0), _bn(4)],
+        # feature vectors: Linear with BatchNorm1d on both sides
+        lambda: [_bn(5, dim=1), nn.Linear(5, 7), _bn(7, dim=1), nn.ReLU(), nn.Linear(7, 3)],
+    ],
+)
+def test_linear_chain_vjp_equals_autograd(chain) -> None:
+    """The direct VJP of a chain of known modules (scales folded into weights, stride-1
+    convolutions as flipped forward convolutions, channels_last on the CPU) is autograd's
+    VJP at the same input, for a whole stack of cotangents."""
+    from skiplab.analysis.pathgrad import _LinearChain
+
+    torch.manual_seed(0)
+    modules = [m.double().eval() for m in chain()]
+    net = nn.Sequential(*modules)
+    shape = (2, 5) if isinstance(modules[0], nn.BatchNorm1d) else (2, 4, 9, 11)
+    x = torch.randn(*shape, dtype=torch.float64)
+    direct = _LinearChain(modules, x)
+    out, vjp = torch.func.vjp(net, x)
+    torch.testing.assert_close(direct.out, out, rtol=1e-12, atol=1e-12)
+    cot = torch.randn(3, *out.shape, dtype=torch.float64)
+    want = torch.stack([vjp(c)[0] for c in cot])
+    torch.testing.assert_close(direct(cot), want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(direct(cot[:0]), want[:0])

@@ -206,30 +206,75 @@ def _chain(module: nn.Module | None) -> list[nn.Module] | None:
 class _LinearChain:
     """The VJP of a chain of Conv2d / Linear / eval-mode BN / ReLU / Scale modules at one
     input, applied to a whole stack of cotangents at once by folding the stack into the
-    batch: one kernel per module (a transposed convolution, a per-channel or mask
-    multiply), with no autograd graph and no ``vmap``. On a GPU the functorch path spends
-    more time dispatching each unit's ops than the GPU spends running them."""
+    batch, with no autograd graph and no ``vmap``: on a GPU the functorch path spends
+    more time dispatching each unit's ops than the GPU spends running them.
+
+    The chain is a product of linear maps (convolutions, Linear) and diagonal ones (ReLU
+    masks, the per-channel scales of eval BN and Scale). Diagonal maps commute, so each
+    per-channel scale is folded into the weights of the nearest convolution or Linear
+    (its output channels when it follows one, else the input channels of the next), once
+    per call of ``path_gradients``: what is left per unit is one kernel per convolution and
+    one mask multiply per ReLU. A stride-1, ungrouped convolution's VJP is itself a
+    convolution (transposed, flipped weights), run as a forward convolution, the kernel
+    libraries tune best; on a CPU it runs channels_last (``_channels_last``)."""
 
     def __init__(self, modules: list[nn.Module], x: Tensor) -> None:
         self.x_shape = x.shape
-        self.steps: list[tuple[nn.Module, Any]] = []
+        ops: list[list[Any]] = []  # forward order: [kind, module or tensor, input shape]
         h = x
         with torch.no_grad():
             for m in modules:
-                if isinstance(m, nn.Conv2d):
-                    self.steps.append((m, h.shape))
-                elif isinstance(m, nn.ReLU):
-                    self.steps.append((m, h > 0))
+                if isinstance(m, nn.ReLU):
+                    ops.append(["mask", h > 0, h.shape])
                     h = F.relu(h)  # never in place: h may be the unit's recorded input
                     continue
+                if isinstance(m, nn.Conv2d | nn.Linear):
+                    ops.append(["linear", m, h.shape])
                 elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
                     scale, _ = eval_norm_affine(m.running_mean, m.running_var, m.weight,
                                                 m.bias, m.eps)  # fmt: skip
-                    self.steps.append((m, scale))
-                elif isinstance(m, nn.Linear | Scale):
-                    self.steps.append((m, None))
+                    ops.append(["scale", scale, h.shape])
+                elif isinstance(m, Scale):
+                    ops.append(["scale", m.scale, h.shape])
                 h = m(h)
         self.out = h
+        self.channels_last = _channels_last(x)
+        self.steps = self._fold(ops)
+
+    def _fold(self, ops: list[list[Any]]) -> list[tuple[str, Any]]:
+        """The VJP steps in backward order, each per-channel scale folded into a weight."""
+        weights: dict[int, list[Tensor | None]] = {}  # op index -> [out scale, in scale]
+        left: list[int] = []  # scales with no weight to fold into
+        for i, (kind, s, shape) in enumerate(ops):
+            if kind != "scale":
+                continue
+            scalar = s.dim() == 0
+            before = [j for j in range(i) if ops[j][0] == "linear"][-1:]
+            after = [j for j in range(i + 1, len(ops)) if ops[j][0] == "linear"][:1]
+            if before and (scalar or _channel_dim(ops[before[0]][1], shape, out=True)):
+                j, side = before[0], 0
+            elif after and (scalar or _channel_dim(ops[after[0]][1], shape, out=False)):
+                j, side = after[0], 1
+            else:
+                left.append(i)
+                continue
+            pair = weights.setdefault(j, [None, None])
+            pair[side] = s if pair[side] is None else pair[side] * s
+        steps: list[tuple[str, Any]] = []
+        for i in range(len(ops) - 1, -1, -1):
+            kind, obj, shape = ops[i]
+            if kind == "mask":
+                mask = obj
+                if self.channels_last and mask.dim() == 4:
+                    mask = mask.contiguous(memory_format=torch.channels_last)
+                steps.append(("mask", mask))
+            elif kind == "scale" and i in left:
+                view = obj if obj.dim() == 0 else obj.view(-1, *([1] * (len(shape) - 2)))
+                steps.append(("scale", view))
+            elif kind == "linear":
+                s_out, s_in = weights.get(i, [None, None])
+                steps.append(_vjp_step(obj, shape, s_out, s_in, self.channels_last))
+        return steps
 
     @torch.no_grad()
     def __call__(self, cot: Tensor) -> Tensor:
@@ -238,20 +283,70 @@ class _LinearChain:
         if r == 0:
             return cot.new_zeros((0, *self.x_shape))
         g = cot.reshape(r * cot.shape[1], *cot.shape[2:])
-        for m, data in reversed(self.steps):
-            if isinstance(m, nn.Conv2d):
-                size = (g.shape[0], *data[1:])
-                g = torch.nn.grad.conv2d_input(size, m.weight, g, m.stride, m.padding,
-                                               m.dilation, m.groups)  # fmt: skip
-            elif isinstance(m, nn.ReLU):
-                g = (g.reshape(r, *data.shape) * data).reshape(g.shape)
-            elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
-                g = g * data.to(g.dtype).view(1, -1, *([1] * (g.dim() - 2)))
-            elif isinstance(m, nn.Linear):
-                g = g @ m.weight.to(g.dtype)
-            else:  # Scale
-                g = g * m.scale.to(g.dtype)
+        fresh = False  # g is not a view of the caller's stack: may be written in place
+        for kind, data in self.steps:
+            if kind == "mask":
+                v = g.reshape(r, *data.shape)
+                g = (v.mul_(data) if fresh else v * data).reshape(g.shape)
+            elif kind == "scale":
+                g = g.mul_(data) if fresh else g * data
+            elif kind == "conv":
+                weight, padding = data
+                if self.channels_last:
+                    g = g.contiguous(memory_format=torch.channels_last)
+                g = F.conv2d(g, weight, padding=padding)
+            elif kind == "conv_input":
+                module, weight, size = data
+                if self.channels_last:
+                    g = g.contiguous(memory_format=torch.channels_last)
+                g = torch.nn.grad.conv2d_input((g.shape[0], *size[1:]), weight, g,
+                                               module.stride, module.padding,
+                                               module.dilation, module.groups)  # fmt: skip
+            else:  # linear
+                g = g @ data
+            fresh = True
         return g.reshape(r, *self.x_shape)
+
+
+def _channel_dim(module: nn.Module, shape: torch.Size, *, out: bool) -> bool:
+    """Whether a per-channel scale of a tensor of ``shape`` (channels on dim 1) is a scale
+    of ``module``'s output (``out``) or input channels, so it can be folded into its
+    weight. A grouped convolution takes a scale of its output channels only."""
+    if isinstance(module, nn.Linear):
+        return len(shape) == 2
+    return out or module.groups == 1
+
+
+def _vjp_step(
+    module: nn.Module,
+    shape: torch.Size,
+    s_out: Tensor | None,
+    s_in: Tensor | None,
+    channels_last: bool,
+) -> tuple[str, Any]:
+    """The VJP of ``module`` at an input of ``shape``, with per-channel scales of its
+    output (``s_out``) and input (``s_in``) folded into the weight."""
+    w = module.weight.detach()
+    if isinstance(module, nn.Linear):
+        if s_out is not None:
+            w = w * s_out.view(-1, 1)
+        if s_in is not None:
+            w = w * s_in.view(1, -1)
+        return "linear", w
+    if s_out is not None:
+        w = w * s_out.view(-1, *([1] * (w.dim() - 1)))
+    if s_in is not None:
+        w = w * s_in.view(1, -1, *([1] * (w.dim() - 2)))
+    k, p = module.kernel_size, module.padding
+    if (
+        module.groups == 1
+        and all(v == 1 for v in (*module.stride, *module.dilation))
+        and all(pi <= ki - 1 for pi, ki in zip(p, k, strict=True))
+    ):
+        w = w.transpose(0, 1).flip(-2, -1)
+        w = w.contiguous(memory_format=torch.channels_last) if channels_last else w.contiguous()
+        return "conv", (w, tuple(ki - 1 - pi for pi, ki in zip(p, k, strict=True)))
+    return "conv_input", (module, w, shape)
 
 
 class _DirectPullback:
@@ -307,7 +402,10 @@ def _linear_unit(view: UnitView, x: Tensor) -> _DirectPullback | None:
         if y.shape != x.shape:
             return None
         relu_after = any(isinstance(p, nn.ReLU) for p in post)  # type: ignore[union-attr]
-        return _DirectPullback(chain, (y > 0) if relu_after else None)
+        mask = (y > 0) if relu_after else None
+        if mask is not None and chain.channels_last:
+            mask = mask.contiguous(memory_format=torch.channels_last)
+        return _DirectPullback(chain, mask)
 
 
 class _UnitPullback:
@@ -402,7 +500,7 @@ def _push_parts(pull: Pullback, stack: Tensor, m: int, rows: int) -> tuple[Tenso
         if gx is not None:  # the gate's gradient counts as passing the branch
             gx_b += gx
     shape = (rows, *gx_s.shape[1:])
-    out = stack if stack.shape == shape else gx_s.new_empty(shape)
+    out = stack if stack.shape == shape else _new_stack(gx_b, rows)
     if out.data_ptr() != gx_s.data_ptr():
         out[0] = gx_s[0]
     torch.add(gx_s[1:m], gx_b[: m - 1], out=out[1:m])
@@ -411,6 +509,22 @@ def _push_parts(pull: Pullback, stack: Tensor, m: int, rows: int) -> tuple[Tenso
         return out, m + 1
     out[m - 1] += gx_b[m - 1]  # the remainder row R: (S + B)^T R + B^T (row K)
     return out, m
+
+
+def _channels_last(x: Tensor) -> bool:
+    """Whether the direct VJPs and the stack of parts run channels_last for feature maps
+    like ``x``: on a CPU, where oneDNN's convolutions are several times faster so (16
+    channels), not on a GPU, where cuDNN's fp32 NCHW kernels are as fast."""
+    return x.device.type == "cpu" and x.dim() == 4
+
+
+def _new_stack(like: Tensor, rows: int) -> Tensor:
+    """An empty stack of ``rows`` rows shaped as ``like``'s, each row channels_last where
+    ``_channels_last`` says so, so that a stack of rows folds into one batch as a view."""
+    if like.dim() == 5 and _channels_last(like[0]):
+        n, c, h, w = like.shape[1:]
+        return like.new_empty((rows, n, h, w, c)).permute(0, 1, 4, 2, 3)
+    return like.new_empty((rows, *like.shape[1:]))
 
 
 def _push_paths(pull: Pullback, paths: Tensor, take_branch: Tensor) -> Tensor:
