@@ -39,7 +39,7 @@ runner = CliRunner()
         ),
         (
             ["identity", "mlp", "--depths", "4", "--steps", "10", "--tasks", "identity"],
-            lambda r: "rows" in r or r,
+            lambda r: r["config"]["steps"] == 10 and len(r["runs"]) == 1,
         ),
     ],
 )
@@ -62,6 +62,18 @@ def test_analyze_kinds(tmp_path: Path, args: list[str], check) -> None:
         (["paths", "resnet-20", "--until", "stages.9"], "stages.9"),
         (["lesion", "resnet-8", "--max-length", "3"], "--max-length is for pathgrad, not lesion"),
         (["landscape", "resnet-8", "--precision", "fp16"], "allowed: 'fp32', 'bf16'"),
+        # options another analysis reads are errors, not silently ignored
+        (["landscape", "resnet-8", "--blocks", "x"], "--blocks is for paths, gradflow,"),
+        (["shattered", "mlp", "--batch", "3"], "--batch is for gradflow, pathgrad,"),
+        (["paths", "resnet-8", "--steps", "3"], "--steps is for landscape, identity, not paths"),
+        (["identity", "mlp", "--data", "shapes"], "--data is for paths,"),
+        (["gradflow", "resnet-8", "--batch", "0"], "invalid --batch 0: must be at least 1"),
+        (["nlc", "resnet-8", "--batch", "1"], "must be at least 2"),
+        (["shattered", "mlp", "--depths", "4,x"], "invalid --depths '4,x'"),
+        # a model built for other data fails before the analysis, naming the option
+        (["gradflow", "resnet-8", "--in-channels", "3"], "does not run on 'digits' inputs"),
+        (["pathgrad", "resnet-8", "--num-classes", "5"], "5 outputs but 'digits' has 10"),
+        (["pathgrad", "unet"], "--blocks NAME,NAME"),
     ],
 )
 def test_analyze_bad_input(tmp_path: Path, args: list[str], needle: str) -> None:
@@ -77,3 +89,65 @@ def test_analyze_refuses_a_pickle(tmp_path: Path) -> None:
     torch.save({"w": torch.zeros(1)}, bad)
     result = runner.invoke(app, ["analyze", "nlc", str(bad)])
     assert result.exit_code == 2 and "never unpickles" in result.stderr
+
+
+def _write_run(run: Path, data_options: dict | None = None) -> None:
+    """A run folder as skiplab's trainer leaves it (weights + the metadata they carry)."""
+    import torch
+
+    import skiplab
+    from skiplab.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    opts = {"in_channels": 1, "width": 0.5}
+    model = skiplab.create_model("resnet-8", **opts)
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    meta = {"model": "resnet-8", "model_options": opts, "data": "digits",
+            "data_options": data_options or {}}  # fmt: skip
+    run.mkdir(parents=True)
+    save_checkpoint(run / "model.safetensors", state, meta)
+
+
+def test_analyze_keeps_what_is_written(tmp_path: Path, monkeypatch) -> None:
+    """Default folders are named after the run; a folder holding another analysis or
+    another model's result is refused (nothing overwritten); a rerun replaces its own
+    result; an --out that is a file is refused before the analysis runs."""
+    monkeypatch.chdir(tmp_path)
+    _write_run(tmp_path / "runs" / "a")
+    _write_run(tmp_path / "runs" / "b")
+    for run in ("a", "b"):
+        result = runner.invoke(app, ["analyze", "nlc", f"runs/{run}/model.safetensors"])
+        assert result.exit_code == 0, result.output
+    a, b = (tmp_path / "analyses" / f"nlc-{r}" / "result.json" for r in "ab")
+    assert "runs/a" in json.loads(a.read_text())["target"]
+    assert "runs/b" in json.loads(b.read_text())["target"]
+    before = a.read_bytes()
+    out = str(a.parent)
+    for args in (["gradflow", "runs/a"], ["nlc", "runs/b"]):  # another kind / another model
+        result = runner.invoke(app, ["analyze", *args, "--out", out])
+        assert result.exit_code == 2 and "already holds the nlc analysis" in result.stderr
+        assert a.read_bytes() == before and not (a.parent / "gradflow.png").exists()
+    result = runner.invoke(app, ["analyze", "nlc", "runs/a", "--out", out, "--batch", "8"])
+    assert result.exit_code == 0, result.output  # the same analysis again: replaced
+    assert json.loads(a.read_text())["points"] == 8
+    (tmp_path / "file").write_text("keep")
+    for bad in ("file", "file/sub"):
+        result = runner.invoke(app, ["analyze", "paths", "resnet-8", "--out", bad])
+        assert result.exit_code == 2 and "is a file" in result.stderr
+    assert (tmp_path / "file").read_text() == "keep"
+
+
+def test_analyze_checkpoint_on_other_data(tmp_path: Path) -> None:
+    """A run's data options apply to its own data set only: --data picks another one
+    without them."""
+    _write_run(tmp_path / "r", data_options={"test_size": 0.5})
+    result = runner.invoke(
+        app, ["analyze", "nlc", str(tmp_path / "r"), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        app,
+        ["analyze", "paths", str(tmp_path / "r"), "--data", "shapes", "--out", str(tmp_path / "p")],
+    )
+    assert result.exit_code == 0, result.output  # before: unknown option 'test_size'
+    assert "trained" in json.loads((tmp_path / "p" / "result.json").read_text())["target"]

@@ -238,6 +238,7 @@ def test_bf16_is_close_to_fp32():
     ("kwargs", "match"),
     [
         ({"dims": 3}, "dims"),
+        ({"dims": "2"}, r"dims='2' \(a int, not a string\)"),
         ({"steps": 1}, "steps"),
         ({"norm": "filters"}, "norm=.*allowed.*'filter'"),
         ({"ignore": "bn"}, "ignore=.*allowed.*'biasbn'"),

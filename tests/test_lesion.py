@@ -125,6 +125,12 @@ def test_batches_and_plain_net() -> None:
         lesion(model, (x, y), metric="top5")
     with pytest.raises(ValueError, match="k_values"):
         lesion(model, (x, y), k_values=[4])
+    with pytest.raises(ValueError, match="invalid draws=0: must be a positive integer"):
+        lesion(model, (x, y), draws=0)
+    with pytest.raises(ValueError, match=r"a single tensor of shape \(8, 3, 8, 8\).*\(x, y\)"):
+        lesion(model, x)
+    with pytest.raises(ValueError, match=r"blocks=\['stages.0.0'\]"):
+        lesion(model, (x, y), blocks="stages.0.0")
 
 
 def test_result_contract() -> None:

@@ -107,3 +107,5 @@ def test_result_contract() -> None:
     assert r.plot().get_ylabel() == "NLC"
     with pytest.raises(ValueError, match="at least 2"):
         nlc_of(torch.tanh, torch.randn(1, 3))
+    with pytest.raises(ValueError, match="invalid chunk=0"):
+        nonlinearity_coefficient(nn.Linear(3, 3), torch.randn(4, 3), chunk=0)

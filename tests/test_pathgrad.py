@@ -235,6 +235,8 @@ def test_max_length_at_least_units_is_the_full_split() -> None:
         ({"max_length": "3"}, "max_length"),
         ({"precision": "fp16"}, "'fp32', 'bf16'"),
         ({"precision": None}, "precision"),
+        ({"samples": -1}, "invalid samples=-1: must be a non-negative integer"),
+        ({"samples": 1.5}, "samples=1.5"),
     ],
 )
 def test_bad_max_length_or_precision_raises(kwargs: dict, match: str) -> None:

@@ -269,6 +269,25 @@ def test_wrong_input_shape_names_expected_shape() -> None:
         path_spectrum(skiplab.create_model("unet", depth=2, base_width=2), torch.randn(1, 1, 6, 6))
 
 
+@pytest.mark.parametrize("analysis", ["gradflow", "pathgrad", "lesion", "landscape", "nlc"])
+def test_every_analysis_names_a_wrong_input_shape(analysis) -> None:
+    from skiplab import analysis as A
+
+    model = skiplab.create_model("resnet-8", width=0.25)
+    x, y = torch.randn(2, 5, 8, 8), torch.tensor([0, 1])
+    run = {
+        "gradflow": lambda: A.gradient_flow(model, x, y),
+        "pathgrad": lambda: A.path_gradients(model, x, y),
+        "lesion": lambda: A.lesion(model, (x, y)),
+        "landscape": lambda: A.loss_landscape(model, (x, y), steps=3),
+        "nlc": lambda: A.nonlinearity_coefficient(model, x),
+    }[analysis]
+    with pytest.raises(
+        ValueError, match=r"shape \(\d, 5, 8, 8\).*takes inputs like \[N, 3, 32, 32\]"
+    ):
+        run()
+
+
 def test_until_unknown_name_lists_close_names() -> None:
     model = skiplab.create_model("resnet-20").eval()
     with pytest.raises(ValueError, match=r"until='stages\.2\.9'.*close names: .*stages\.2\.\d"):
@@ -287,3 +306,30 @@ class Constant(nn.Module):
 def test_output_not_reachable() -> None:
     with pytest.raises(ValueError, match="does not depend on the input"):
         path_spectrum(Constant(), torch.randn(2, 3))
+
+
+class NumpyBranch(nn.Module):
+    """A residual unit whose branch leaves torch: its paths cannot be followed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.as_tensor(torch.relu(self.fc(x)).numpy())
+
+
+@pytest.mark.parametrize("leave", ["numpy", "tolist"])
+def test_leaving_torch_on_a_path_is_an_error(monkeypatch, leave) -> None:
+    """A branch that goes through NumPy (or Python lists) would drop its paths and leave
+    only the shortcut's: one clear error instead of a wrong spectrum."""
+    if leave == "tolist":
+        monkeypatch.setattr(
+            NumpyBranch, "forward", lambda self, x: x + torch.tensor(self.fc(x).tolist())
+        )
+    with pytest.raises(ValueError, match=rf"out of torch \({leave}\(\)\).*torch operations"):
+        path_spectrum(NumpyBranch(), torch.randn(2, 3))
+    # NumPy on tensors that do not depend on the input is fine
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    model[0].weight.data = torch.as_tensor(model[0].weight.detach().numpy().copy())
+    assert path_spectrum(model, torch.randn(2, 3)).counts == {1: 1}

@@ -268,12 +268,25 @@ def train_cmd(
 
 
 ANALYSES = ("paths", "gradflow", "pathgrad", "lesion", "identity", "shattered", "landscape", "nlc")
+# The options of `skiplab analyze` each kind reads; any other one would be silently ignored.
+_DATA = ("data", "data_dir")
+ANALYZE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "paths": (*_DATA, "until", "blocks"),
+    "gradflow": (*_DATA, "batch", "blocks"),
+    "pathgrad": (*_DATA, "batch", "blocks", "precision", "max_length", "samples"),
+    "lesion": (*_DATA, "blocks"),
+    "landscape": (*_DATA, "batch", "dims", "steps", "precision"),
+    "nlc": (*_DATA, "batch", "blocks"),
+    "identity": ("depths", "steps"),
+    "shattered": ("depths",),
+}
 
 
 def _load_for_analysis(
     target: str, options: dict[str, Any], data: str | None, data_dir: Path | None, seed: int
-) -> tuple[Any, Any, str]:
-    """(model, data set, label) for an analysis of a registry name or a run's weights file."""
+) -> tuple[Any, Any, str, str]:
+    """(model, data set, label, data set name) for an analysis of a registry name or a
+    run's weights file."""
     import torch
 
     from .data import load_dataset
@@ -290,16 +303,99 @@ def _load_for_analysis(
                 "model options apply to model names, not to checkpoints (the checkpoint names its options)"
             )
         model, meta = load_model(path)
-        dataset = load_dataset(
-            data or meta.get("data") or "digits",
-            data_dir=data_dir,
-            **(meta.get("data_options") or {}),
-        )
-        return model, dataset, f"{meta.get('model')} (trained, {path})"
-    dataset = load_dataset(data or ("shapes" if target == "unet" else "digits"), data_dir=data_dir)
+        own = meta.get("data") or "digits"
+        name = data or own
+        # The run's data options (e.g. a subset size) belong to its own data set only.
+        extra = (meta.get("data_options") or {}) if name == own else {}
+        dataset = load_dataset(name, data_dir=data_dir, **extra)
+        return model, dataset, f"{meta.get('model')} (trained, {path})", name
+    name = data or ("shapes" if target == "unet" else "digits")
+    dataset = load_dataset(name, data_dir=data_dir)
     options = {**data_options(target, dataset.input_shape, dataset.num_classes), **options}
     torch.manual_seed(seed)
-    return create_model(target, **options), dataset, f"{target} (initialisation)"
+    return create_model(target, **options), dataset, f"{target} (initialisation)", name
+
+
+def _check_fit(model: Any, x: Any, y: Any, label: str, data: str) -> None:
+    """One forward pass on two examples: a model built for other data (``--in-channels``,
+    ``--num-classes``, another data set's checkpoint) fails here with one clear message,
+    before any analysis runs."""
+    import torch
+
+    shape = ", ".join(map(str, x.shape[1:]))
+    try:
+        with torch.no_grad():
+            out = model(x[:2])
+    except Exception as err:  # noqa: BLE001 - any failure of the model on this data
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(
+            f"{label} does not run on {data!r} inputs [N, {shape}] ({first}); drop model "
+            "options such as --in-channels that set another input, or choose a --data set "
+            "that fits the model"
+        ) from None
+    integer = not (y.dtype.is_floating_point or y.dtype.is_complex)
+    if integer and isinstance(out, torch.Tensor) and out.dim() >= 2 and y.numel():
+        classes = int(y.max()) + 1
+        if classes > out.shape[1]:
+            raise ValueError(
+                f"{label} has {out.shape[1]} outputs but {data!r} has {classes} classes; drop "
+                f"--num-classes (or set it to {classes}), or choose a --data set that fits"
+            )
+
+
+def _analysis_out(out: Path | None, kind: str, target: str | None) -> Path:
+    """The output folder (default ``analyses/KIND-NAME``, NAME the model name or the run
+    folder's), refused up front when it cannot be a folder."""
+    if out is None:
+        path = Path(target) if target else None
+        if path is not None and path.is_dir():  # a run folder
+            name = path.resolve().name
+        elif path is not None and path.suffix == ".safetensors":
+            # a run's model.safetensors / checkpoint.safetensors: the run folder's name
+            skiplab_file = path.stem in ("model", "checkpoint")
+            name = path.resolve().parent.name if skiplab_file else path.stem
+        else:
+            name = target or kind
+        out = Path("analyses") / f"{kind}-{name}".replace(",", "_")
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ValueError(f"invalid --out {out}: {p} is a file; choose a folder")
+            break
+    return out
+
+
+def _check_replace(out_dir: Path, kind: str, label: str) -> None:
+    """Rerunning an analysis replaces its own result; a folder holding another analysis's
+    result (or another model's) is refused, so nothing written before is lost."""
+    import json as _json
+
+    path = out_dir / "result.json"
+    if not path.exists():
+        return
+    try:
+        old = _json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = None
+    if isinstance(old, dict) and old.get("analysis") == kind and old.get("target") == label:
+        return
+    what = (
+        f"the {old.get('analysis')} analysis of {old.get('target')}"
+        if isinstance(old, dict) and old.get("analysis")
+        else "a result.json of something else"
+    )
+    raise ValueError(
+        f"{out_dir} already holds {what}; choose another --out (or delete that folder)"
+    )
+
+
+def _int_list(flag: str, text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(
+            f"invalid {flag} {text!r}: give comma-separated integers, e.g. {flag} 4,10,34"
+        ) from None
 
 
 @app.command("analyze", context_settings=EXTRA)
@@ -315,15 +411,21 @@ def analyze_cmd(
         None, "--data", help="data set for the batch (default: the run's, or digits)"
     ),
     data_dir: Path = typer.Option(None, "--data-dir"),
-    out: Path = typer.Option(None, "--out", help="output folder (default analyses/KIND-TARGET)"),
-    batch: int = typer.Option(64, "--batch", help="examples in the batch"),
+    out: Path = typer.Option(
+        None, "--out", help="output folder (default analyses/KIND-NAME, NAME the model or run)"
+    ),
+    batch: int = typer.Option(None, "--batch", help="examples in the batch (default 64)"),
     seed: int = typer.Option(0, "--seed"),
     until: str = typer.Option(None, "--until", help="paths: end at this module's output"),
     blocks: str = typer.Option(
         None, "--blocks", help="comma-separated module names of the residual units"
     ),
-    dims: int = typer.Option(2, "--dims", help="landscape: 1 or 2"),
-    steps: int = typer.Option(21, "--steps", help="landscape: grid points per axis"),
+    dims: int = typer.Option(None, "--dims", help="landscape: 1 or 2 (default 2)"),
+    steps: int = typer.Option(
+        None,
+        "--steps",
+        help="landscape: grid points per axis (default 21); identity: training steps (300)",
+    ),
     depths: str = typer.Option(None, "--depths", help="identity/shattered: comma-separated depths"),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto"),
     precision: str = typer.Option(
@@ -351,38 +453,50 @@ def analyze_cmd(
         raise ValueError(f"unknown analysis {kind!r}{hint}; allowed: {', '.join(ANALYSES)}")
     from .train.trainer import resolve_device
 
+    given = {"data": data, "data_dir": data_dir, "batch": batch, "until": until,
+             "blocks": blocks, "dims": dims, "steps": steps, "depths": depths,
+             "precision": precision, "max_length": max_length, "samples": samples}  # fmt: skip
+    wrong = [k for k, v in given.items() if v is not None and k not in ANALYZE_OPTIONS[kind]]
+    if wrong:
+        flag = "--" + wrong[0].replace("_", "-")
+        users = [a for a, opts in ANALYZE_OPTIONS.items() if wrong[0] in opts]
+        raise ValueError(f"{flag} is for {', '.join(users)}, not {kind}")
+    if batch is not None and batch < (2 if kind == "nlc" else 1):
+        least = "2 (nlc needs the inputs' covariance)" if kind == "nlc" else "1"
+        raise ValueError(f"invalid --batch {batch}: must be at least {least}")
     options = parse_options(ctx.args)
-    block_list = blocks.split(",") if blocks else None
+    block_list = [b.strip() for b in blocks.split(",") if b.strip()] if blocks else None
+    out_dir = _analysis_out(out, kind, target)
     dev = resolve_device(device)
     extra = {k: v for k, v in (("precision", precision), ("max_length", max_length),
                                ("samples", samples)) if v is not None}  # fmt: skip
-    allowed = {"pathgrad": ("precision", "max_length", "samples"), "landscape": ("precision",)}
-    wrong = [k for k in extra if k not in allowed.get(kind, ())]
-    if wrong:
-        flag = "--" + wrong[0].replace("_", "-")
-        users = [a for a, opts in allowed.items() if wrong[0] in opts]
-        raise ValueError(f"{flag} is for {' and '.join(users)}, not {kind}")
     if kind in ("identity", "shattered"):
         kwargs: dict[str, Any] = {"device": dev, **options}
         if target:
             kwargs["models"] = target.split(",")
         if depths:
-            kwargs["depths"] = [int(d) for d in depths.split(",")]
+            kwargs["depths"] = _int_list("--depths", depths)
+        if steps is not None:
+            kwargs["steps"] = steps
+        label = f"{kind} ({target or 'default models'})"
+        _check_replace(out_dir, kind, label)
         try:
             res = (
                 A.identity_task(**kwargs) if kind == "identity" else A.shattered_gradients(**kwargs)
             )
         except TypeError as err:
             raise ValueError(f"invalid option for {kind}: {err}") from None
-        label = kind
     else:
         if not target:
             raise ValueError(
                 f"{kind} needs a model name or a checkpoint, e.g. skiplab analyze {kind} resnet-20"
             )
-        model, dataset, label = _load_for_analysis(target, options, data, data_dir, seed)
+        model, dataset, label, data_name = _load_for_analysis(target, options, data, data_dir, seed)
+        _check_replace(out_dir, kind, label)
         model.eval().to(dev)
-        x, y = dataset.test_x[:batch].to(dev), dataset.test_y[:batch].to(dev)
+        n = 64 if batch is None else batch
+        x, y = dataset.test_x[:n].to(dev), dataset.test_y[:n].to(dev)
+        _check_fit(model, x, y, label, data_name)
         if kind == "paths":
             res = A.path_spectrum(model, x[:1], until=until, blocks=block_list)
         elif kind == "gradflow":
@@ -393,12 +507,10 @@ def analyze_cmd(
             test = (dataset.test_x.to(dev), dataset.test_y.to(dev))
             res = A.lesion(model, test, blocks=block_list, seed=seed)
         elif kind == "landscape":
-            res = A.loss_landscape(model, (x, y), dims=dims, steps=steps, seed=seed, **extra)
+            grid = {"dims": 2 if dims is None else dims, "steps": 21 if steps is None else steps}
+            res = A.loss_landscape(model, (x, y), seed=seed, **grid, **extra)
         else:
             res = A.nonlinearity_coefficient(model, x, blocks=block_list)
-    out_dir = out or Path("analyses") / f"{kind}-{Path(target).stem if target else kind}".replace(
-        ",", "_"
-    )
     out_dir.mkdir(parents=True, exist_ok=True)
     doc = {"analysis": kind, "target": label, **res.to_dict(), "provenance": provenance()}
     atomic_write_text(out_dir / "result.json", _json.dumps(doc, indent=1))

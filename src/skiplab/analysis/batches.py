@@ -30,6 +30,11 @@ def xy_batches(
         n = x.shape[0]
         step = batch_size or max(n, 1)
         return [(x[i : i + step], y[i : i + step]) for i in range(0, n, step)]
+    if isinstance(data, Tensor):
+        raise ValueError(
+            f"invalid data: a single tensor of shape {tuple(data.shape)}; pass (x, y) tensors "
+            "(inputs and targets) or an iterable of (x, y) batches such as a DataLoader"
+        )
     if not isinstance(data, Iterable):
         raise ValueError(
             f"invalid data of type {type(data).__name__}: expected (x, y) tensors or an "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -105,6 +106,15 @@ def find_units(
     ``required``, naming the remedy.
     """
     names = {id(m): n for n, m in model.named_modules()}
+    if isinstance(blocks, str):
+        raise ValueError(
+            f"invalid blocks={blocks!r}: give a list of module names, e.g. blocks=[{blocks!r}]"
+        )
+    if isinstance(blocks, nn.Module):
+        raise ValueError(
+            f"invalid blocks: one {type(blocks).__name__}; give a list of modules or module "
+            "names, e.g. blocks=[model.layer1[0], ...]"
+        )
     if blocks is not None:
         by_name = dict(model.named_modules())
         views = []
@@ -139,11 +149,31 @@ def find_units(
             raise ValueError(
                 f"{type(model).__name__} is a plain net: its units have no shortcut "
                 "(shortcut='none'), so there are no residual units to analyse; units of "
-                "other kinds can be named with blocks=[...]"
+                "other kinds can be named with blocks=[...] (skiplab analyze: --blocks NAME,NAME)"
             )
         raise ValueError(
             f"no residual units found in {type(model).__name__}: skiplab finds its own units and "
             "torchvision's BasicBlock/Bottleneck; name others with blocks=[...] (modules with "
-            "'branch' and 'shortcut' attributes)"
+            "'branch' and 'shortcut' attributes; skiplab analyze: --blocks NAME,NAME)"
         )
     return views
+
+
+def run_model(model: nn.Module, *inputs: Tensor) -> Any:
+    """``model(*inputs)``, with a forward pass that fails on these inputs (a wrong shape,
+    channel count or number of inputs) turned into one ``ValueError`` that names the input
+    shapes and, for skiplab models, the shape they take."""
+    try:
+        return model(*inputs)
+    except (RuntimeError, TypeError, IndexError, AssertionError) as err:
+        shapes = ", ".join(str(tuple(x.shape)) for x in inputs if isinstance(x, Tensor))
+        expected = getattr(model, "example_input_shape", None)
+        want = (
+            f"; {type(model).__name__} takes inputs like [N, {', '.join(map(str, expected))}]"
+            if expected
+            else "; pass an input of the shape the model was built for"
+        )
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(
+            f"invalid input of shape {shapes}: the forward pass failed ({first}){want}"
+        ) from err

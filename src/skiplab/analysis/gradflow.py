@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import UnitView, find_units
+from .blocks import UnitView, find_units, run_model
 from .result import Result, new_axes
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ def gradient_flow(
     try:
         buffers = frozen_buffers(model) if train else nullcontext()
         with module_mode(model, train), buffers, torch.enable_grad():
-            loss = loss_fn(model(x), target)
+            loss = loss_fn(run_model(model, x), target)
             if loss.dim() != 0:
                 raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
             outs = [t for t in unit_out if t is not None and t.requires_grad]

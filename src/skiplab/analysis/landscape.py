@@ -51,6 +51,7 @@ from torch import Tensor, nn
 
 from ..models.layers import check_choice, check_positive_int, eval_norm_affine, invalid
 from .batches import xy_batches
+from .blocks import run_model
 from .gradflow import default_loss
 from .result import Result, new_axes
 
@@ -238,7 +239,7 @@ def _largest_activation(model: nn.Module, x: Tensor) -> int:
     handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
     try:
         with torch.no_grad():
-            model(x[:1])
+            run_model(model, x[:1])
     finally:
         for h in handles:
             h.remove()

@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..models.layers import check_positive_int
 from .batches import xy_batches
-from .blocks import UnitView, find_units
+from .blocks import UnitView, find_units, run_model
 from .gradflow import default_loss, module_mode
 from .result import Result, new_axes
 
@@ -39,7 +40,7 @@ def _evaluate(
     with torch.no_grad():
         for x, y in batches:
             x, y = x.to(device), y.to(device)
-            out = model(x)
+            out = run_model(model, x)
             if metric == "accuracy":
                 total += float((out.argmax(1) == y).sum())
                 count += y.numel()
@@ -186,6 +187,7 @@ def lesion(
     """
     if metric not in METRICS:
         raise ValueError(f"invalid metric={metric!r}; allowed: {', '.join(map(repr, METRICS))}")
+    check_positive_int("draws", draws)
     units = find_units(model, blocks)  # a plain net raises, naming blocks=[...]
     num = len(units)
     k_values = _default_k(num) if k_values is None else list(k_values)

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..models.layers import check_positive_int
 from .blocks import find_units
 from .gradflow import module_mode
 from .pathgrad import record_units
@@ -157,6 +158,7 @@ def nonlinearity_coefficient(
             forward-mode pass over the batch per tangent, min(N - 1, D) tangents.
         chunk: tangents evaluated at once (memory: ``chunk`` x the activations of x).
     """
+    check_positive_int("chunk", chunk)
     if blocks is not None:
         units = find_units(model, blocks)
     else:

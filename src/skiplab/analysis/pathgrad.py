@@ -48,7 +48,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..models.blocks import ResidualUnit
 from ..models.layers import Scale, check_choice, eval_norm_affine, invalid
-from .blocks import UnitView, _tv_types, find_units
+from .blocks import UnitView, _tv_types, find_units, run_model
 from .gradflow import LossFn, default_loss, module_mode
 from .result import Result, new_axes, to_jsonable
 
@@ -85,7 +85,7 @@ def record_units(
 
     handles = [u.module.register_forward_hook(hook(i)) for i, u in enumerate(units)]
     try:
-        out = model(x)
+        out = run_model(model, x)
     finally:
         for h in handles:
             h.remove()
@@ -750,6 +750,8 @@ def path_gradients(
         isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 0
     ):
         raise invalid("max_length", max_length, "must be a non-negative integer or None")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+        raise invalid("samples", samples, "must be a non-negative integer (0: no sampled paths)")
     units = find_units(model, blocks)  # a plain net raises, naming blocks=[...]
     num = len(units)
     if max_length is not None and max_length >= num:
@@ -779,7 +781,7 @@ def path_gradients(
                     f"units do not form a chain: {where} depends on the input other than "
                     f"through unit {units[u - 1].name!r}; path_gradients needs each unit's "
                     "input to depend on earlier units only through the previous unit (name "
-                    "such units with blocks=[...])"
+                    "such units with blocks=[...], in the order the forward pass runs them)"
                 )
         (g,) = torch.autograd.grad(loss, records[-1][1], retain_graph=True)
         mask, lengths, exact = _sample_paths(num, samples, seed)

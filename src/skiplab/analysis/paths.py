@@ -31,6 +31,7 @@ result and counted as nonlinear.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import math
@@ -46,6 +47,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..models.unet import UNet
+from .blocks import run_model
 from .result import Result, new_axes
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,11 @@ CONSTANT = _names(
 OVERWRITE = _names("zero_ fill_ normal_ uniform_ random_ bernoulli_ exponential_")
 DIVISION = _names("div divide true_divide truediv")
 REVERSED = {"radd": "add", "rsub": "sub", "rmul": "mul", "rmatmul": "matmul"}
+
+
+# Tensor methods that hand the data to Python or NumPy: what comes back into torch has no
+# trace of the input, so the paths through it would silently vanish.
+LEAVES_TORCH = frozenset({"numpy", "tolist", "array", "array_wrap", "dlpack"})
 
 
 def op_name(func: Any) -> str:
@@ -367,10 +374,17 @@ class Tracer(TorchFunctionMode):
         for k, v in kwargs.items():
             if k != "out":
                 found += self.nodes_in(v)
+        name = op_name(func) if found else ""
+        if name in LEAVES_TORCH:
+            raise ValueError(
+                f"the forward pass takes a tensor out of torch ({name}()) on a path from the "
+                "input: path_spectrum follows torch operations only, and the paths through "
+                "that code would be lost; write that part with torch operations, or end the "
+                "spectrum before it with until=..."
+            )
         out = func(*args, **kwargs)
         if not found:
             return out
-        name = op_name(func)
         if name == "setitem":  # x[key] = value: x now also carries value's paths
             self._setitem(args)
             return out
@@ -571,12 +585,8 @@ def path_spectrum(
         with torch.no_grad(), tracer:
             for x in inputs:
                 tracer.add_input(x)
-            try:
-                output = model(*inputs)
-            except _Stop:
-                pass
-            except RuntimeError as e:
-                raise ValueError(_bad_input_message(model, inputs, e)) from e
+            with contextlib.suppress(_Stop):  # the forward stops at `until`
+                output = run_model(model, *inputs)
     finally:
         for h in handles:
             h.remove()
@@ -665,15 +675,3 @@ def _unet_levels(
         down = [pooled[node]] if node in pooled else []
         levels.append(PathCounts.of(name, through_edges(tracer, suffix, node, exclude=down)))
     return levels
-
-
-def _bad_input_message(model: nn.Module, inputs: tuple[Tensor, ...], error: Exception) -> str:
-    shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
-    expected = getattr(model, "example_input_shape", None)
-    want = (
-        f"; {type(model).__name__} expects [N, {', '.join(map(str, expected))}]"
-        if expected
-        else "; check the input shape the model expects"
-    )
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return f"invalid example_input of shape {shapes}: the forward pass failed ({first}){want}"

@@ -33,7 +33,9 @@ def invalid(option: str, value: Any, allowed: Sequence[Any] | str) -> ValueError
     hint = ""
     if isinstance(value, str):
         close = difflib.get_close_matches(value, names, n=3, cutoff=0.5)
-        if close:
+        if value in names:  # the right value as a string where a number is wanted
+            hint = f" (a {type(allowed[names.index(value)]).__name__}, not a string)"
+        elif close:
             hint = f" (did you mean {', '.join(repr(c) for c in close)}?)"
     return ValueError(
         f"invalid {option}={value!r}{hint}; allowed: {', '.join(repr(n) for n in names)}"

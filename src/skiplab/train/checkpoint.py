@@ -67,11 +67,19 @@ def save_checkpoint(
 
 
 def _sniff(path: Path) -> str:
+    """What a file that will not load as safetensors probably is ("" when it may be one).
+
+    A safetensors file starts with its header's length (8 bytes, little-endian) and then the
+    JSON header's ``{``; that length's first byte can be anything, 0x80 (a pickle's first
+    byte) included, so a pickle is recognised by its protocol byte too, and only when the
+    header does not follow."""
     with open(path, "rb") as f:
-        head = f.read(8)
+        head = f.read(9)
+    if head[8:9] == b"{":
+        return ""
     if head.startswith(b"PK\x03\x04"):
         return "it is a zip archive, probably a torch.save() pickle"
-    if head[:1] == b"\x80":
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "it looks like a Python pickle"
     return ""
 
