@@ -4,9 +4,11 @@ and its run recorded once."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 ray = pytest.importorskip("ray")
 
@@ -85,3 +87,81 @@ def test_retries_exhausted_is_a_failed_run_not_a_crash(tmp_path: Path, local_ray
         on_done=lambda j, out: recorded.append(out),
     )
     assert len(recorded) == 1 and recorded[0]["status"] == "failed"
+
+
+@pytest.fixture
+def not_connected(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if no Ray instance were running here; reaching ray.init fails the test."""
+
+    def init(**kwargs) -> None:  # noqa: ANN003
+        raise AssertionError(f"ray.init reached with {kwargs}")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+
+
+def test_unreachable_address_fails_fast_and_writes_nothing(tmp_path: Path, not_connected) -> None:
+    from typer.testing import CliRunner
+
+    from skiplab.cli import app
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    out = tmp_path / "out"
+    t0 = time.perf_counter()
+    result = CliRunner().invoke(app, ["study", str(spec), "--executor", "ray", "--address",
+                                      "127.0.0.1:1", "--device", "cpu", "--out", str(out)])  # fmt: skip
+    assert time.perf_counter() - t0 < 10
+    assert result.exit_code == 2, result.output
+    assert "cannot reach a Ray cluster at 127.0.0.1:1" in result.stderr
+    assert "ray start --head" in result.stderr and not out.exists()
+
+
+def test_ray_connection_error_is_a_clear_value_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def init(**kwargs) -> None:  # noqa: ANN003
+        raise ConnectionError("Could not find any running Ray instance.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    with pytest.raises(ValueError, match="cannot reach a Ray cluster at auto: Could not find"):
+        RayExecutor(address="auto", device="cpu")
+
+
+def test_bad_device_is_refused_before_connecting(not_connected) -> None:
+    with pytest.raises(ValueError, match="allowed: cpu, cuda, auto"):
+        RayExecutor(device="tpu")
+    with pytest.raises(ValueError, match="workers"):
+        RayExecutor(workers=-1, device="cpu")
+
+
+def test_workers_from_the_cluster(monkeypatch: pytest.MonkeyPatch, local_ray) -> None:
+    assert RayExecutor(workers=0, device="cpu").workers == 2  # local_ray has 2 CPUs
+    assert RayExecutor(workers=0, device="cpu", cpus_per_run=2).workers == 1
+    assert RayExecutor(workers=3, device="cpu").workers == 3
+    with pytest.raises(ValueError, match="the Ray cluster has no GPUs"):
+        RayExecutor(device="cuda")
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 64.0, "GPU": 4.0})
+    ex = RayExecutor(device="cuda")  # a CPU-only driver may drive GPU workers
+    assert ex.workers == 4 and ex._gpus_per_run() == 1.0
+    assert RayExecutor(device="auto").workers == 4
+    assert RayExecutor(device="cuda", workers=8)._gpus_per_run() == 0.5
+
+
+def test_max_retries_reaches_ray(monkeypatch: pytest.MonkeyPatch, local_ray) -> None:
+    """Ray retries tasks by default: check that our setting, not Ray's, is the one used."""
+    seen: list[dict] = []
+    real_remote = ray.remote
+
+    def remote(**kwargs):  # noqa: ANN003, ANN202
+        seen.append(kwargs)
+        return real_remote(**kwargs)
+
+    def finished(job: Job) -> dict:  # local: pickled by value for the workers
+        return {"status": "finished", "results": []}
+
+    monkeypatch.setattr(ray, "remote", remote)
+    done = []
+    RayExecutor(workers=1, device="cpu", max_retries=7).map(
+        [Job("c", "run", {})], finished, lambda j: None, lambda j, out: done.append(out)
+    )
+    assert [k["max_retries"] for k in seen] == [7] and done[0]["status"] == "finished"

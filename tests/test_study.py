@@ -299,3 +299,68 @@ def test_local_pool_survives_a_dead_worker(tmp_path: Path, dies_once: bool) -> N
                       "c": "finished", "d": "finished"}  # fmt: skip
     if not dies_once:
         assert "worker process died" in dict(recorded)["b"]["error"]
+
+
+def test_bad_spec_file_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    (tmp_path / "empty.yaml").write_text("")
+    cases = {"adir": "is a folder", "latin1.yaml": "not a UTF-8 text file",
+             "list.yaml": "expected a mapping with fields name", "empty.yaml": "the file is empty"}  # fmt: skip
+    for name, needle in cases.items():
+        with pytest.raises(SpecError) as err:
+            load_spec(tmp_path / name)
+        assert needle in str(err.value) and str(tmp_path / name) in str(err.value)
+        assert ": :" not in str(err.value)  # no empty field path
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["study", str(tmp_path / "adir"), "--out", str(out)])
+    assert result.exit_code == 2 and "is a folder" in result.stderr and not out.exists()
+
+
+def test_bad_device_is_refused_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "new"
+    with pytest.raises(ValueError, match="no CUDA GPU is available here; use --device cpu"):
+        run_study(parse_spec(TINY), out, device="cuda")
+    assert not out.exists()
+    old = tmp_path / "old"  # an existing study is left byte for byte as it was
+    Store(old).close()
+    before = {p.name: p.read_bytes() for p in old.iterdir()}
+    for device in ("tpu", "cuda:0", "cuda"):
+        with pytest.raises(ValueError, match="device"):
+            run_study(parse_spec(TINY), old, device=device)
+    assert {p.name: p.read_bytes() for p in old.iterdir()} == before
+    spec = write_spec(tmp_path, TINY)
+    result = runner.invoke(app, ["study", str(spec), "--out", str(out), "--device", "tpu"])
+    assert result.exit_code == 2 and "allowed: cpu, cuda, auto" in result.stderr
+    assert not out.exists()
+
+
+def test_provenance_tolerates_cuda_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from skiplab.provenance import provenance
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "no GPU" in provenance("cuda")["device"]
+
+
+def test_jobs_get_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative --out must not be read in a worker's own working directory (Ray's)."""
+
+    class Capture:
+        runs_here = True
+
+        def map(self, jobs, fn, on_start, on_done) -> None:  # noqa: ANN001
+            self.fn = fn
+
+    monkeypatch.chdir(tmp_path)
+    ex = Capture()
+    spec = parse_spec({**TINY, "groups": [], "experiments": TINY["experiments"]})
+    run_study(spec, "rel", data_dir="data", executor=ex, report=False).close()
+    assert ex.fn.study_dir == str(Path.cwd() / "rel") and ex.fn.data_dir == str(Path.cwd() / "data")

@@ -532,7 +532,10 @@ def study_cmd(
     out: Path = typer.Option(None, "--out", help="study folder (default studies/NAME[-quick])"),
     quick: bool = typer.Option(False, "--quick", help="fewer seeds and epochs"),
     workers: int = typer.Option(
-        0, "--workers", help="runs at once (processes); 0: one per core (max 4) on CPU, 1 on GPU"
+        0,
+        "--workers",
+        help="runs at once; 0: one per core (max 4) on CPU, 1 on GPU; with --executor ray, "
+        "from the cluster (one per GPU or CPU)",
     ),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto"),
     data_dir: Path = typer.Option(None, "--data-dir", help="where downloaded data sets live"),
@@ -554,7 +557,7 @@ def study_cmd(
     if address is not None and executor != "ray":
         raise ValueError("--address only applies to --executor ray")
     study = load_spec(spec, quick=quick)
-    if workers == 0:
+    if workers == 0 and executor == "local":  # Ray takes the count from the cluster
         from .study.runner import auto_workers
 
         workers = auto_workers(device)

@@ -30,6 +30,8 @@ def git_commit() -> str | None:
 def device_name(device: torch.device | str) -> str:
     device = torch.device(device)
     if device.type == "cuda":
+        if not torch.cuda.is_available():  # e.g. a CPU-only Ray driver of GPU workers
+            return "cuda (no GPU visible to this process)"
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 

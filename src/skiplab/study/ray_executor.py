@@ -1,67 +1,142 @@
 """Hand a study's runs to Ray: each run becomes a Ray task with its resource request.
 
-    skiplab study he2016-table2 --executor ray --address auto --workers 8 --device cuda
+    skiplab study he2016-table2 --executor ray --address auto --device cuda
 
-Only the driver (this process) writes ``study.db``: tasks return their results, and a
-result is recorded once, when its task completes. A worker lost midway (its process or
-node dies) makes Ray run the task again (``max_retries``); the run's folder is cleared
-at the start of every attempt, so nothing is recorded twice. On a cluster the study
-folder must be on a filesystem that every node sees (run folders are written there).
-``ray`` is an optional dependency: ``pip install skiplab[ray]``.
+The executor connects when it is created, so that a cluster that cannot be reached is a
+clear error before the study writes anything. Only the driver (this process) writes
+``study.db``: tasks return their results, and a result is recorded once, when its task
+completes. A worker lost midway (its process or node dies) makes Ray run the task again
+(``max_retries``); the run's folder is cleared at the start of every attempt, so nothing
+is recorded twice. On a cluster the study folder must be on a filesystem that every node
+sees (run folders are written there). ``ray`` is an optional dependency:
+``pip install skiplab[ray]``.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
+from .runner import check_study_device
+
 log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 5.0
 
 
 def _call(fn: Callable[[Any], dict[str, Any]], job: Any) -> dict[str, Any]:
     return fn(job)
 
 
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a ``host:port`` or ``ray://host:port`` address; None for the
+    addresses Ray resolves itself (``auto``, ``local``)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast on a ``host:port`` that nothing answers on (Ray itself retries for
+    minutes before it gives up)."""
+    target = _host_port(address)
+    if target is None:
+        return
+    try:
+        socket.create_connection(target, timeout=timeout).close()
+    except OSError as err:
+        raise ValueError(
+            f"cannot reach a Ray cluster at {address}: {err}; start one with `ray start --head` "
+            "or drop --address"
+        ) from None
+
+
 class RayExecutor:
     """Runs jobs as Ray tasks; ``workers`` bounds the runs in flight (and, on one GPU,
-    splits it: each run asks for 1/workers of a GPU, so several small runs share it)."""
+    splits it: each run asks for 1/workers of a GPU, so several small runs share it).
+    ``workers=0`` takes it from the cluster: one run per GPU for ``device='cuda'`` (and for
+    ``'auto'`` on a cluster with GPUs), else one per ``cpus_per_run`` CPUs."""
+
+    runs_here = False  # runs execute on Ray's workers: the driver needs no GPU of its own
 
     def __init__(
         self,
         address: str | None = None,
-        workers: int = 1,
+        workers: int = 0,
         device: str = "auto",
         cpus_per_run: float = 1.0,
         max_retries: int = 2,
         init_kwargs: dict[str, Any] | None = None,
     ) -> None:
+        if workers < 0:
+            raise ValueError(f"invalid workers={workers}: must be 0 (from the cluster) or more")
+        check_study_device(device, runs_here=False)
         try:
             import ray
         except ImportError:
             raise ValueError("--executor ray needs Ray: pip install 'skiplab[ray]'") from None
         self.ray = ray
-        self.address, self.workers, self.device = address, max(1, workers), device
+        self.address, self.device = address, device
         self.cpus_per_run, self.max_retries = cpus_per_run, max_retries
         self.init_kwargs = init_kwargs or {}
+        self._started_here = False
+        self.connect()
+        if device == "cuda" and self.ray.cluster_resources().get("GPU", 0.0) == 0:
+            self.close()
+            raise ValueError(
+                "--device cuda with --executor ray: the Ray cluster has no GPUs; "
+                "add GPU nodes or use --device cpu"
+            )
+        self.workers = workers or self._cluster_workers()
+        log.info("Ray: %d runs at once", self.workers)
+
+    def connect(self) -> None:
+        """Join the cluster at ``address`` (or start a local one) unless connected already;
+        a cluster that cannot be reached is a ``ValueError`` naming the address."""
+        if self.ray.is_initialized():
+            return
+        kwargs = {"include_dashboard": False, "log_to_driver": False, **self.init_kwargs}
+        if self.address:
+            check_reachable(self.address)
+            kwargs["address"] = self.address
+        try:
+            self.ray.init(**kwargs)
+        except (OSError, RuntimeError) as err:  # ConnectionError: no cluster at the address
+            reason = (str(err).strip() or type(err).__name__).splitlines()[0].rstrip(".")
+            if not self.address:
+                raise ValueError(f"cannot start a local Ray instance: {reason}") from None
+            raise ValueError(
+                f"cannot reach a Ray cluster at {self.address}: {reason}; start one with "
+                "`ray start --head` or drop --address"
+            ) from None
+        self._started_here = True
+
+    def close(self) -> None:
+        """Disconnect, if this executor connected (a connection made by the caller stays)."""
+        if self._started_here and self.ray.is_initialized():
+            self.ray.shutdown()
+        self._started_here = False
+
+    def _cluster_workers(self) -> int:
+        res = self.ray.cluster_resources()
+        gpus, cpus = res.get("GPU", 0.0), res.get("CPU", 1.0)
+        if self.device == "cuda" or (self.device == "auto" and gpus > 0):
+            return max(1, int(gpus))
+        return max(1, int(cpus // self.cpus_per_run))
 
     def _gpus_per_run(self) -> float:
         if self.device == "cpu":
             return 0.0
         gpus = self.ray.cluster_resources().get("GPU", 0.0)
-        if self.device == "cuda" and gpus == 0:
-            raise ValueError("--device cuda with --executor ray: the Ray cluster has no GPUs")
         return 0.0 if gpus == 0 else min(1.0, gpus / self.workers)
 
     def map(self, jobs: list[Any], fn: Callable[[Any], dict[str, Any]], on_start: Callable[[Any], None],
             on_done: Callable[[Any, dict[str, Any]], None]) -> None:  # fmt: skip
         ray = self.ray
-        started_here = not ray.is_initialized()
-        if started_here:
-            kwargs = {"include_dashboard": False, "log_to_driver": False, **self.init_kwargs}
-            if self.address:
-                kwargs["address"] = self.address
-            ray.init(**kwargs)
+        self.connect()
         try:
             task = ray.remote(
                 num_cpus=self.cpus_per_run,
@@ -88,5 +163,4 @@ class RayExecutor:
                     }
                 on_done(job, out)
         finally:
-            if started_here:
-                ray.shutdown()
+            self.close()

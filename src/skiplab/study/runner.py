@@ -146,6 +146,8 @@ class LocalExecutor:
     jobs go on in a fresh pool.
     """
 
+    runs_here = True  # runs execute on this machine: its device must exist here
+
     def __init__(self, workers: int = 1, retries: int = 1) -> None:
         self.workers, self.retries = workers, retries
 
@@ -234,6 +236,21 @@ class _JobFn:
         return execute_experiment(job.record, self.device)
 
 
+STUDY_DEVICES = ("cpu", "cuda", "auto")
+
+
+def check_study_device(device: str, *, runs_here: bool = True) -> None:
+    """Refuse a device a study cannot use, before anything is written: one of
+    ``STUDY_DEVICES``, and ``cuda`` only where there is a GPU, unless the runs execute
+    elsewhere (``runs_here=False``: a CPU-only Ray driver hands runs to GPU workers)."""
+    if device not in STUDY_DEVICES:
+        raise ValueError(f"invalid --device {device!r} for a study; allowed: cpu, cuda, auto")
+    if runs_here:
+        from ..train.trainer import resolve_device
+
+        resolve_device(device)  # the same check, and message, as training
+
+
 def auto_workers(device: str) -> int:
     """Runs at once when not given: one per core (at most 4) on the CPU, where small nets
     use single-threaded processes better than one multi-threaded one; 1 on a GPU."""
@@ -256,9 +273,12 @@ def run_study(
     report: bool = True,
 ) -> Store:
     """Execute every unfinished run and experiment of ``spec`` into ``out_dir``, then write
-    ``results.json`` and the report. Returns the (open) store."""
+    ``results.json`` and the report. Returns the (open) store. A device the runs cannot use
+    is a ``ValueError`` before anything is written."""
     from ..provenance import provenance
 
+    ex = executor or LocalExecutor(workers)
+    check_study_device(device, runs_here=getattr(ex, "runs_here", True))
     out_dir = Path(out_dir)
     if (
         out_dir.exists()
@@ -305,17 +325,15 @@ def run_study(
             if bar:
                 bar[0].advance(bar[1])
 
-        ex = executor or LocalExecutor(workers)
         threads = (
             max(1, (os.cpu_count() or 1) // workers) if workers > 1 and executor is None else None
         )
+        # absolute paths: a Ray worker (or a process on another node) has a working
+        # directory of its own
+        study_dir = str(out_dir.absolute())
+        data = str(Path(data_dir).expanduser().absolute()) if data_dir else None
         try:
-            ex.map(
-                todo,
-                _JobFn(str(out_dir), device, str(data_dir) if data_dir else None, threads),
-                on_start,
-                on_done,
-            )
+            ex.map(todo, _JobFn(study_dir, device, data, threads), on_start, on_done)
         finally:
             if bar:
                 bar[0].stop()

@@ -52,7 +52,7 @@ class SpecError(ValueError):
 
 
 def _fail(path: str, message: str) -> None:
-    raise SpecError(f"{path}: {message}")
+    raise SpecError(f"{path}: {message}" if path else message)  # path '': the spec itself
 
 
 def _check_keys(path: str, mapping: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
@@ -403,10 +403,24 @@ def load_spec(path: str | Path | None = None, *, quick: bool = False) -> StudySp
                 f"study spec {path} not found; give a YAML file or a built-in study: {', '.join(list_builtin())}"
             )
         p = candidate
+    if p.is_dir():
+        raise SpecError(f"study spec {p} is a folder; give a YAML file or a built-in study name")
     try:
-        raw = yaml.safe_load(p.read_text())
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError(
+            f"{p}: not a UTF-8 text file ({err}); save the study spec as UTF-8"
+        ) from None
+    except OSError as err:
+        raise SpecError(f"cannot read study spec {p}: {err.strerror or err}") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise SpecError(f"{p}: not valid YAML ({err})".replace("\n", " ")) from None
+    if raw is None:
+        raise SpecError(
+            f"{p}: the file is empty; a study spec needs a name and at least one group or experiment"
+        )
     try:
         return parse_spec(raw, source=str(p), quick=quick)
     except SpecError as err:
