@@ -734,15 +734,16 @@ def path_gradients(
     of arithmetic, done in one batched call per unit; the stack of parts costs one fused
     add per unit beyond that. ``max_length=K`` caps the rows at K + 2, about (K+2)(U - K/2)
     branch VJPs (957 for K = 20), and saves more than that share of the time, as the rows
-    it drops are those of the early, largest feature maps. Measured on a 2-core CPU (one
-    thread), ResNet-110 at batch 16, fp32, samples=0 (benchmarks/pathgrad_cost.py): exact
-    parts 23x one forward + backward (42x before this stack and batching were reworked),
-    max_length=20 8.5x; the batched convolution backward and the elementwise passes over
-    the stack are memory-bound there, well above the U/6 = 9x of arithmetic. On an H100,
-    ResNet-110 at batch 128: exact parts 4.4-4.6x one fp32 forward + backward (partly
-    bound by the CPU's dispatch of 54 units' batched VJPs), max_length=20 3.6x, both
-    measured before units of known modules took their VJPs directly, which cut the CPU
-    time of a call on tiny inputs (where dispatch is all there is) by a third.
+    it drops are those of the early, largest feature maps. Units of known modules take
+    their VJPs directly (``_LinearChain``: BN folded into the convolution weights, one
+    kernel per convolution and per ReLU mask, channels_last on a CPU). Measured on a 2-core
+    CPU (one thread), ResNet-110, fp32, samples=0 (benchmarks/pathgrad_cost.py): exact
+    parts 8.5x (batch 8, quiet) to 13x (batch 16, loaded machine) one forward + backward,
+    about the U/6 = 9x of arithmetic (27x before the direct VJPs; 42x before the stack
+    and batching were reworked); max_length=20 5-7x. On an H100, ResNet-110 at batch 128:
+    exact parts 4.4-4.6x one fp32 forward + backward (partly bound by the CPU's dispatch),
+    max_length=20 3.6x, both measured before the direct VJPs, which remove most of that
+    dispatch and two of the elementwise passes per unit.
     """
     loss_fn = loss_fn or default_loss
     check_choice("precision", precision, PRECISIONS)
