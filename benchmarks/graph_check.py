@@ -17,6 +17,7 @@ import json
 import torch
 
 import skiplab
+from bench_common import require_device
 from skiplab.train.graphs import GraphedStep, eager_step
 from skiplab.train.trainer import task_loss
 
@@ -63,8 +64,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("graph_check.py needs a CUDA GPU")
+    require_device("cuda", ("cuda",), option="CUDA graphs need device")
     out = [compare(args.steps, d) for d in (False, True)]
     print(json.dumps(out) if args.json else json.dumps(out, indent=1))
 

@@ -25,7 +25,8 @@ support there and is extrapolated from a few points). GPU figure:
 random CIFAR-shaped images (3x32x32); the headline is inplace bf16 over the whole grid,
 target < 45 s on an H100. Progress goes to stderr as each variant finishes; a variant that
 fails is reported (with its error) and the others still run; the exit status is 1 if any
-failed. ``--bf16`` is accepted for old command lines (bf16 is always measured).
+failed. The old ``--bf16`` (the vmap grid and the naive loop under bf16 autocast, up to
+commit ff0d117) is refused with a message: bf16 is now always measured, with ``inplace``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 import skiplab
-from bench_common import device_name, timed
+from bench_common import device_name, require_device, timed
 from skiplab.analysis.landscape import loss_landscape, random_direction
 
 TARGET_S = {"cpu": 60.0, "cuda": 45.0}
@@ -122,7 +123,7 @@ def naive_variant(model, x, y, device: torch.device, steps: int, points: int) ->
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--steps", type=int, default=21, help="grid points per axis (>= 2)")
     ap.add_argument("--model", default="resnet-20")
     ap.add_argument("--images", type=int, default=None, help="default 360 (cpu), 2000 (cuda)")
@@ -132,7 +133,13 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--naive-points", type=int, default=5)
     ap.add_argument("--points-per-batch", type=int, default=None, help="vmap only")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)  # refused below
     args = ap.parse_args()
+    if args.bf16:
+        ap.error(
+            "--bf16 was removed: it ran the vmap grid and the naive loop under bf16 autocast; "
+            "bf16 is now always measured with method='inplace' (--bf16-points K sets its points)"
+        )
     if args.steps < 2:
         ap.error(f"--steps {args.steps}: need at least 2 grid points per axis")
     if args.images is not None and args.images < 1:
@@ -144,20 +151,16 @@ def parse_args() -> argparse.Namespace:
         ap.error("--points-per-batch must be >= 1")
     if args.model not in skiplab.list_models():
         ap.error(f"--model {args.model!r} is not registered; see skiplab.list_models()")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        ap.error(
-            f"--device cuda but torch.cuda.is_available() is False (torch {torch.__version__}, "
-            f"built for CUDA {torch.version.cuda})"
-        )
+    cuda = require_device(args.device).type == "cuda"
     if args.bf16_points is None:
-        args.bf16_points = 0 if args.device == "cuda" else 3
+        args.bf16_points = 0 if cuda else 3
     return args
 
 
 def main() -> int:
     args = parse_args()
     device = torch.device(args.device)
-    if args.device == "cpu":
+    if device.type == "cpu":
         images = args.images or 360
         x, y = digits_test(images)
         model = skiplab.create_model(args.model, in_channels=1)

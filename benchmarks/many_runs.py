@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from bench_common import device_name
+from bench_common import device_name, require_device
 from skiplab.study import parse_spec, run_study
 
 
@@ -117,8 +117,7 @@ def main() -> None:
     )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    if args.device not in ("cpu", "cuda"):
-        p.error(f"invalid --device {args.device!r}; allowed: cpu, cuda")
+    require_device(args.device)
     if args.runs < 2:
         p.error("--runs must be at least 2")
     spec = make_spec(args.runs, args.model, args.batch, args.images, args.epochs)

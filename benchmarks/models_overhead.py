@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import skiplab
-from bench_common import device_name, timed
+from bench_common import device_name, require_device, timed
 
 
 class HandBlock(nn.Module):
@@ -72,7 +72,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    dev = torch.device(args.device)
+    dev = require_device(args.device)
     torch.manual_seed(0)
     ours = skiplab.create_model("resnet-56").to(dev)
     hand = HandResNet56().to(dev)

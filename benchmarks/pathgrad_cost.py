@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import skiplab
-from bench_common import device_name, timed
+from bench_common import device_name, require_device, timed
 from skiplab.analysis.blocks import find_units
 from skiplab.analysis.pathgrad import path_gradients
 
@@ -66,7 +66,7 @@ def main() -> None:
                    help="print a torch.profiler table of one exact fp32 call")  # fmt: skip
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    dev = torch.device(args.device)
+    dev = require_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     precisions = args.precision or (["fp32", "bf16"] if dev.type == "cuda" else ["fp32"])
