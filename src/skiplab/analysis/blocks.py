@@ -171,9 +171,9 @@ def run_model(model: nn.Module, *inputs: Tensor) -> Any:
         want = (
             f"; {type(model).__name__} takes inputs like [N, {', '.join(map(str, expected))}]"
             if expected
-            else "; pass an input of the shape the model was built for"
+            else ""
         )
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(
-            f"invalid input of shape {shapes}: the forward pass failed ({first}){want}"
+            f"the forward pass failed on an input of shape {shapes} ({first}){want}"
         ) from err
