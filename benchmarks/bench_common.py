@@ -46,6 +46,17 @@ def require_device(
     return device
 
 
+def require_model(name: str, **options: Any) -> None:
+    """Exit 2 with the registry's own message when ``name`` (with ``options``) is not a
+    model skiplab builds; depth-generic names such as ``resnet-8`` are models too."""
+    import skiplab
+
+    try:
+        skiplab.create_model(name, **options)
+    except ValueError as err:
+        fail(f"--model: {err}")
+
+
 def sync(device: torch.device | str) -> None:
     """Wait for the GPU's queued work (a no-op on the CPU)."""
     if torch.device(device).type == "cuda":

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 import skiplab
-from bench_common import device_name, require_device, timed
+from bench_common import device_name, require_device, require_model, timed
 from skiplab.analysis.landscape import loss_landscape, random_direction
 
 TARGET_S = {"cpu": 60.0, "cuda": 45.0}
@@ -149,8 +149,7 @@ def parse_args() -> argparse.Namespace:
             ap.error(f"--{name.replace('_', '-')} must be >= 0")
     if args.points_per_batch is not None and args.points_per_batch < 1:
         ap.error("--points-per-batch must be >= 1")
-    if args.model not in skiplab.list_models():
-        ap.error(f"--model {args.model!r} is not registered; see skiplab.list_models()")
+    require_model(args.model)
     cuda = require_device(args.device).type == "cuda"
     if args.bf16_points is None:
         args.bf16_points = 0 if cuda else 3

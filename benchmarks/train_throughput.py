@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 import skiplab
-from bench_common import device_name, fail, require_device, sync, timed
+from bench_common import device_name, fail, require_device, require_model, sync, timed
 from skiplab.data import TensorData
 from skiplab.train import Recipe, fit, get_recipe, trainer
 
@@ -189,10 +189,7 @@ def main() -> None:
         fail(f"--timed-epochs {args.timed_epochs}: need at least 1")
     if args.images < args.batch:
         fail(f"--images {args.images}: need at least one batch (--batch {args.batch})")
-    try:  # the registry's own check (it also takes depth-generic names like resnet-8)
-        skiplab.create_model(args.model)
-    except ValueError as err:
-        fail(f"--model: {err}")
+    require_model(args.model)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.images, 3, 32, 32, generator=g)
     y = torch.randint(0, 10, (args.images,), generator=g)
