@@ -345,6 +345,42 @@ def test_direct_vjps_of_torchvision_blocks(monkeypatch, arch) -> None:
     assert sum(u is not None for u in used) == len(used) - (3 if arch == "resnet18" else 4)
 
 
+class HalfBlock(torchvision.models.resnet.BasicBlock):
+    """A BasicBlock whose forward halves the branch: not the computation the direct VJPs
+    assume for BasicBlock."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu(x + 0.5 * out)
+
+
+class TaggedBlock(torchvision.models.resnet.BasicBlock):
+    """A BasicBlock subclass that keeps its forward."""
+
+
+def test_subclassed_units(monkeypatch) -> None:
+    """A subclass that keeps BasicBlock's forward is a BasicBlock (direct VJPs, exact
+    parts); one that overrides it is not read as one (its paths are not BasicBlock's):
+    it is not found as a unit, and naming it asks for the branch/shortcut protocol."""
+    from skiplab.analysis.blocks import find_units
+
+    torch.manual_seed(0)
+    model = nn.Sequential(TaggedBlock(4, 4), TaggedBlock(4, 4)).double().eval()
+    x, y = torch.randn(2, 4, 6, 6, dtype=torch.float64), torch.randn(2, 4, 6, 6).double()
+    direct, general, used = direct_and_general(monkeypatch, model, x, y, samples=0)
+    assert all(u is not None for u in used)
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(F.mse_loss(model(xg), y), xg)
+    torch.testing.assert_close(direct.parts.sum(0), g, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(direct.parts, general.parts, rtol=1e-10, atol=1e-13)
+    half = nn.Sequential(HalfBlock(4, 4), HalfBlock(4, 4)).double().eval()
+    assert find_units(half, required=False) == []
+    with pytest.raises(ValueError, match="no residual units found"):
+        path_gradients(half, x, y)
+    with pytest.raises(ValueError, match="has no 'branch' and 'shortcut' attributes"):
+        path_gradients(half, x, y, blocks=["0", "1"])
+
+
 def _bn(channels: int, dim: int = 2) -> nn.Module:
     bn = (nn.BatchNorm2d if dim == 2 else nn.BatchNorm1d)(channels).double().eval()
     bn.running_mean.uniform_(-0.5, 0.5)

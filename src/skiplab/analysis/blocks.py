@@ -33,12 +33,26 @@ def _tv_types() -> tuple[type, ...]:
     return (BasicBlock, Bottleneck)
 
 
+def unit_kind(module: nn.Module) -> str | None:
+    """ "skiplab" for skiplab's ``ResidualUnit``, "torchvision" for torchvision's
+    ``BasicBlock``/``Bottleneck``, subclasses included as long as they keep that class's
+    ``forward`` (the analyses read a unit's paths from its parts, assuming that forward);
+    None otherwise (other units follow the ``branch``/``shortcut`` protocol)."""
+    if isinstance(module, ResidualUnit):
+        return "skiplab" if type(module).forward is ResidualUnit.forward else None
+    tv = _tv_types()
+    if isinstance(module, tv) and type(module).forward in [t.forward for t in tv]:
+        return "torchvision"
+    return None
+
+
 def is_unit(module: nn.Module, include_plain: bool = False) -> bool:
     """Whether ``module`` is a residual unit skiplab recognises without being told
     (``include_plain``: also skiplab's plain units, whose shortcut is ``None``)."""
-    if isinstance(module, ResidualUnit):
+    kind = unit_kind(module)
+    if kind == "skiplab":
         return include_plain or module.shortcut is not None
-    if isinstance(module, _tv_types()):
+    if kind == "torchvision":
         return True
     return isinstance(getattr(module, "branch", None), nn.Module) and hasattr(module, "shortcut")
 
@@ -52,17 +66,17 @@ class UnitView:
 
     def shortcut(self, x: Tensor) -> Tensor:
         m = self.module
-        if isinstance(m, ResidualUnit):
+        if unit_kind(m) == "skiplab":
             return m.shortcut_path(x)
-        if isinstance(m, _tv_types()):
+        if unit_kind(m) == "torchvision":
             return x if m.downsample is None else m.downsample(x)
         return x if m.shortcut is None else m.shortcut(x)
 
     def branch(self, x: Tensor) -> Tensor:
         m = self.module
-        if isinstance(m, ResidualUnit):
+        if unit_kind(m) == "skiplab":
             return m.branch_path(x)
-        if isinstance(m, _tv_types()):
+        if unit_kind(m) == "torchvision":
             out = m.relu(m.bn1(m.conv1(x)))
             out = m.bn2(m.conv2(out))
             if hasattr(m, "conv3"):
@@ -73,9 +87,9 @@ class UnitView:
     def finish(self, shortcut: Tensor, branch: Tensor, x: Tensor) -> Tensor:
         """Combine the two paths as the unit does (``x`` is the unit input, for gates)."""
         m = self.module
-        if isinstance(m, ResidualUnit):
+        if unit_kind(m) == "skiplab":
             return m.combine(shortcut, branch, x)
-        if isinstance(m, _tv_types()):
+        if unit_kind(m) == "torchvision":
             return m.relu(shortcut + branch)
         post = getattr(m, "post", None)
         out = shortcut + branch
@@ -84,9 +98,9 @@ class UnitView:
     def post_is_identity(self) -> bool:
         """True when the unit adds nothing after the addition (pre-activation units)."""
         m = self.module
-        if isinstance(m, ResidualUnit):
+        if unit_kind(m) == "skiplab":
             return isinstance(m.post, nn.Identity) and m.gate is None
-        if isinstance(m, _tv_types()):
+        if unit_kind(m) == "torchvision":
             return False
         return getattr(m, "post", None) is None
 

@@ -46,9 +46,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from ..models.blocks import ResidualUnit
 from ..models.layers import Scale, check_choice, eval_norm_affine, invalid
-from .blocks import UnitView, _tv_types, find_units, run_model
+from .blocks import UnitView, find_units, run_model, unit_kind
 from .gradflow import LossFn, default_loss, module_mode
 from .result import Result, new_axes, to_jsonable
 
@@ -378,13 +377,14 @@ def _linear_unit(view: UnitView, x: Tensor) -> _DirectPullback | None:
     identity shortcut, no gate, a branch of known modules and nothing or a ReLU after the
     addition; None for any other unit (it goes through ``_UnitPullback``)."""
     m = view.module
-    if isinstance(m, _tv_types()):  # torchvision BasicBlock / Bottleneck: relu(x + branch)
+    kind = unit_kind(m)
+    if kind == "torchvision":  # BasicBlock / Bottleneck: relu(x + branch)
         if m.downsample is not None:
             return None
         tail = [m.relu, m.conv3, m.bn3] if hasattr(m, "conv3") else []
         mods: list[nn.Module] = [m.conv1, m.bn1, m.relu, m.conv2, m.bn2, *tail]
         parts = [_chain(nn.Sequential(*mods)), [], [], [m.relu]]
-    elif isinstance(m, ResidualUnit) and m.gate is None and m.shortcut is not None:
+    elif kind == "skiplab" and m.gate is None and m.shortcut is not None:
         parts = [_chain(m.preact), _chain(m.branch), _chain(m.branch_scale), _chain(m.post)]
     else:
         return None
