@@ -177,6 +177,22 @@ def test_inplace_folds_a_conv_bias_that_moves():
     torch.testing.assert_close(values(fast), values(loop), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_inplace_folds_torchvision_blocks(arch):
+    """torchvision's stem and blocks (conv1 -> bn1, ...) fold as Sequential pairs do: every
+    BN of resnet18 (20) and resnet50 (53), with the same landscape as the loop."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = with_bn_stats(getattr(torchvision.models, arch)(num_classes=3))
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    kw = {"dims": 1, "steps": 3, "span": 0.5, "seed": 1}
+    fast = loss_landscape(model, (x, y), method="inplace", **kw)
+    loop = loss_landscape(model, (x, y), method="loop", **kw)
+    assert fast.config["folded_batchnorm"] == {"resnet18": 20, "resnet50": 53}[arch]
+    torch.testing.assert_close(values(fast), values(loop), rtol=1e-4, atol=1e-5)
+
+
 def test_inplace_splits_the_batch_to_fit_memory(monkeypatch):
     from skiplab.analysis import landscape
 

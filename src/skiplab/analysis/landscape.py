@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from ..models.layers import check_choice, check_positive_int, eval_norm_affine, invalid
 from .batches import xy_batches
-from .blocks import run_model
+from .blocks import run_model, unit_kind
 from .gradflow import default_loss
 from .result import Result, new_axes
 
@@ -320,8 +320,9 @@ def _fold_batchnorm(net: nn.Module, masters: dict[str, tuple[Tensor, Tensor]]) -
     parameters fixed this is linear in the moved conv weight: ``(w0 + a d1 + b d2) s =
     w0 s + a (d1 s) + b (d2 s)``, and the master copies ``masters[name] = (w0, D)`` of
     the conv's weight (and bias) are scaled the same way. Only a conv whose output
-    feeds nothing but the BN is folded: adjacent children of an ``nn.Sequential``, no
-    hooks, no parametrisation, parameters not shared with another module. The BN
+    feeds nothing but the BN is folded (``_conv_bn_pairs``: adjacent children of an
+    ``nn.Sequential``, and the convs and BNs of torchvision's ResNet stem and blocks), with
+    no hooks, no parametrisation, parameters not shared with another module. The BN
     becomes an ``nn.Identity``. Returns the number of folded pairs.
     """
     # Exact types: a subclass may change what forward does with the weights or the stats.
@@ -336,43 +337,61 @@ def _fold_batchnorm(net: nn.Module, masters: dict[str, tuple[Tensor, Tensor]]) -
         return bool(m._forward_hooks or m._forward_pre_hooks)
 
     folded = 0
-    plain = [m for m in net.modules() if type(m).forward is nn.Sequential.forward]
-    for seq in [m for m in plain if isinstance(m, nn.Sequential)]:
-        children = list(seq.named_children())
-        for (_, conv), (bn_key, bn) in zip(children, children[1:], strict=False):
-            if (
-                type(conv) not in convs
-                or type(bn) not in norms
-                or bn.running_mean is None
-                or bn.running_var is None
-                or bn.num_features != conv.out_channels
-                or hooked(conv)
-                or hooked(bn)
-                or torch.nn.utils.parametrize.is_parametrized(conv)
-                or any(shared[id(p)] > 1 for p in conv.parameters())
-                or any(names.get(id(p)) in masters for p in bn.parameters())
-            ):
-                continue
-            w = conv.weight
-            s, t = eval_norm_affine(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
-            s, t = s.to(w.dtype), t.to(w.dtype)
-            s_w = s.view(-1, *([1] * (w.dim() - 1)))  # [out, 1, ...]: per output channel
-            w_name = names[id(w)]
-            if w_name in masters:
-                w0, d = masters[w_name]
-                masters[w_name] = (w0 * s_w, d * s_w.unsqueeze(0))
-            conv.weight = nn.Parameter(w * s_w, requires_grad=False)
-            if conv.bias is None:
-                conv.bias = nn.Parameter(t, requires_grad=False)
-            else:
-                b_name = names[id(conv.bias)]
-                if b_name in masters:
-                    b0, d = masters[b_name]
-                    masters[b_name] = (b0 * s + t, d * s)
-                conv.bias = nn.Parameter(conv.bias * s + t, requires_grad=False)
-            setattr(seq, bn_key, nn.Identity())
-            folded += 1
+    for parent, conv, bn_key in list(_conv_bn_pairs(net)):  # folding replaces modules
+        bn = getattr(parent, bn_key)
+        if (
+            type(conv) not in convs
+            or type(bn) not in norms
+            or bn.running_mean is None
+            or bn.running_var is None
+            or bn.num_features != conv.out_channels
+            or hooked(conv)
+            or hooked(bn)
+            or torch.nn.utils.parametrize.is_parametrized(conv)
+            or any(shared[id(p)] > 1 for p in conv.parameters())
+            or any(names.get(id(p)) in masters for p in bn.parameters())
+        ):
+            continue
+        w = conv.weight
+        s, t = eval_norm_affine(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+        s, t = s.to(w.dtype), t.to(w.dtype)
+        s_w = s.view(-1, *([1] * (w.dim() - 1)))  # [out, 1, ...]: per output channel
+        w_name = names[id(w)]
+        if w_name in masters:
+            w0, d = masters[w_name]
+            masters[w_name] = (w0 * s_w, d * s_w.unsqueeze(0))
+        conv.weight = nn.Parameter(w * s_w, requires_grad=False)
+        if conv.bias is None:
+            conv.bias = nn.Parameter(t, requires_grad=False)
+        else:
+            b_name = names[id(conv.bias)]
+            if b_name in masters:
+                b0, d = masters[b_name]
+                masters[b_name] = (b0 * s + t, d * s)
+            conv.bias = nn.Parameter(conv.bias * s + t, requires_grad=False)
+        setattr(parent, bn_key, nn.Identity())
+        folded += 1
     return folded
+
+
+def _conv_bn_pairs(net: nn.Module) -> Iterator[tuple[nn.Module, nn.Module, str]]:
+    """``(parent, conv, bn_attribute)`` for each module pair where the conv's output goes
+    to the BN and nowhere else: adjacent children of an ``nn.Sequential`` (one that keeps
+    Sequential's forward), and in torchvision's ResNet (stem) and BasicBlock / Bottleneck
+    (those that keep their class's forward) ``convK`` followed by ``bnK``."""
+    from torchvision.models import ResNet
+
+    for m in net.modules():
+        if isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward:
+            children = list(m.named_children())
+            for (_, conv), (bn_key, _bn) in zip(children, children[1:], strict=False):
+                yield m, conv, bn_key
+        elif unit_kind(m) == "torchvision" or (
+            isinstance(m, ResNet) and type(m).forward is ResNet.forward
+        ):
+            for k in (1, 2, 3):
+                if hasattr(m, f"conv{k}") and hasattr(m, f"bn{k}"):
+                    yield m, getattr(m, f"conv{k}"), f"bn{k}"
 
 
 def _use_channels_last(x: Tensor) -> bool:
