@@ -34,8 +34,8 @@ runner = CliRunner()
             lambda r: len(r["values"]) == 3,
         ),
         (
-            ["shattered", "mlp,resmlp", "--depths", "4", "--inits", "1"],
-            lambda r: len(r["rows"]) == 2,
+            ["shattered", "mlp,resmlp", "--depths", "4", "--inits", "1", "--seed", "7"],
+            lambda r: len(r["rows"]) == 2 and r["seed"] == 7,
         ),
         (
             ["identity", "mlp", "--depths", "4", "--steps", "10", "--tasks", "identity"],
@@ -71,9 +71,10 @@ def test_analyze_kinds(tmp_path: Path, args: list[str], check) -> None:
         (["nlc", "resnet-8", "--batch", "1"], "must be at least 2"),
         (["shattered", "mlp", "--depths", "4,x"], "invalid --depths '4,x'"),
         # a model built for other data fails before the analysis, naming the option
-        (["gradflow", "resnet-8", "--in-channels", "3"], "does not run on 'digits' inputs"),
+        (["gradflow", "resnet-8", "--in-channels", "3"], "does not run on 'digits' data"),
         (["pathgrad", "resnet-8", "--num-classes", "5"], "5 outputs but 'digits' has 10"),
         (["pathgrad", "unet"], "--blocks NAME,NAME"),
+        (["pathgrad", "resnet-8", "--blocks", ","], "blocks=[] names no units"),
     ],
 )
 def test_analyze_bad_input(tmp_path: Path, args: list[str], needle: str) -> None:
@@ -128,8 +129,18 @@ def test_analyze_keeps_what_is_written(tmp_path: Path, monkeypatch) -> None:
         assert result.exit_code == 2 and "already holds the nlc analysis" in result.stderr
         assert a.read_bytes() == before and not (a.parent / "gradflow.png").exists()
     result = runner.invoke(app, ["analyze", "nlc", "runs/a", "--out", out, "--batch", "8"])
-    assert result.exit_code == 0, result.output  # the same analysis again: replaced
-    assert json.loads(a.read_text())["points"] == 8
+    assert result.exit_code == 2 and "with another batch" in result.stderr
+    assert a.read_bytes() == before
+    again = ["analyze", "nlc", str((tmp_path / "runs" / "a").resolve()), "--out", out]
+    result = runner.invoke(app, again)  # the same analysis (the run by another path): replaced
+    assert result.exit_code == 0, result.output
+    assert json.loads(a.read_text())["invocation"]["target"].endswith("a/model.safetensors")
+    result = runner.invoke(app, ["analyze", "gradflow", "runs/a", "--seed", "3"])
+    assert result.exit_code == 2 and "--seed changes nothing in gradflow" in result.stderr
+    # a model built with other options is another analysis: refused, not overwritten
+    assert runner.invoke(app, ["analyze", "paths", "resnet-8"]).exit_code == 0
+    result = runner.invoke(app, ["analyze", "paths", "resnet-8", "--width", "0.5"])
+    assert result.exit_code == 2 and "with another model_options" in result.stderr
     (tmp_path / "file").write_text("keep")
     for bad in ("file", "file/sub"):
         result = runner.invoke(app, ["analyze", "paths", "resnet-8", "--out", bad])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 
 import pytest
@@ -361,7 +362,7 @@ class TaggedBlock(torchvision.models.resnet.BasicBlock):
 def test_subclassed_units(monkeypatch) -> None:
     """A subclass that keeps BasicBlock's forward is a BasicBlock (direct VJPs, exact
     parts); one that overrides it is not read as one (its paths are not BasicBlock's):
-    it is not found as a unit, and naming it asks for the branch/shortcut protocol."""
+    it is not found as a unit, and naming it is refused, saying why."""
     from skiplab.analysis.blocks import find_units
 
     torch.manual_seed(0)
@@ -375,10 +376,46 @@ def test_subclassed_units(monkeypatch) -> None:
     torch.testing.assert_close(direct.parts, general.parts, rtol=1e-10, atol=1e-13)
     half = nn.Sequential(HalfBlock(4, 4), HalfBlock(4, 4)).double().eval()
     assert find_units(half, required=False) == []
-    with pytest.raises(ValueError, match="no residual units found"):
+    with pytest.raises(ValueError, match="no residual units found.*HalfBlock subclasses"):
         path_gradients(half, x, y)
-    with pytest.raises(ValueError, match="has no 'branch' and 'shortcut' attributes"):
+    with pytest.raises(ValueError, match="'0': HalfBlock subclasses BasicBlock but has a forward"):
         path_gradients(half, x, y, blocks=["0", "1"])
+
+
+def test_identity_branches_and_overridden_units(caplog) -> None:
+    """A branch that passes its cotangent on unchanged (here Dropout in eval mode) is a
+    branch like any other; parts come back contiguous; a ResidualUnit subclass with a
+    forward of its own is refused by name, and so is blocks=[]."""
+    from skiplab.models.blocks import ResidualUnit
+
+    torch.manual_seed(0)
+    model = skiplab.create_model("resnet-20", in_channels=1, placement="relu-before-add")
+    units = [u for u in model.modules() if isinstance(u, ResidualUnit)]
+    for u in units[:3]:
+        if isinstance(u.shortcut, nn.Identity):
+            u.branch = nn.Sequential(nn.Dropout())
+    model = model.double().eval()
+    x, y = torch.randn(2, 1, 8, 8, dtype=torch.float64), torch.tensor([1, 7])
+    r = path_gradients(model, x, y, samples=0)
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(F.cross_entropy(model(xg), y), xg)
+    torch.testing.assert_close(r.parts.sum(0), g, rtol=1e-10, atol=1e-13)
+    assert r.parts.is_contiguous()
+
+    class Logged(ResidualUnit):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x)
+
+    units[0].__class__ = Logged  # not read as a unit: its paths count as the stem's
+    with caplog.at_level(logging.WARNING, logger="skiplab.analysis.blocks"):
+        r = path_gradients(model, x, y, samples=0)
+    assert "stages.0.0 is not analysed as a unit: Logged subclasses" in caplog.text
+    assert len(r.units) == 8 and "stages.0.0" not in r.units
+    torch.testing.assert_close(r.parts.sum(0), g, rtol=1e-10, atol=1e-13)
+    with pytest.raises(ValueError, match="Logged subclasses ResidualUnit but has a forward"):
+        path_gradients(model, x, y, blocks=[units[0]])
+    with pytest.raises(ValueError, match=r"blocks=\[\] names no units"):
+        path_gradients(model, x, y, blocks=[])
 
 
 def _bn(channels: int, dim: int = 2) -> nn.Module:

@@ -294,10 +294,8 @@ def _load_for_analysis(
     from .models.registry import data_options
     from .train import load_model
 
-    path = Path(target)
-    if path.suffix == ".safetensors" or path.is_file() or path.is_dir():
-        if path.is_dir():
-            path = path / "model.safetensors"
+    if _is_run(target):
+        path = _run_file(target)
         if options:
             raise ValueError(
                 "model options apply to model names, not to checkpoints (the checkpoint names its options)"
@@ -316,30 +314,46 @@ def _load_for_analysis(
     return create_model(target, **options), dataset, f"{target} (initialisation)", name
 
 
-def _check_fit(model: Any, x: Any, y: Any, label: str, data: str) -> None:
+def _is_run(target: str | None) -> bool:
+    """Whether an analysis target names a run (folder or weights file), not a model."""
+    if not target:
+        return False
+    path = Path(target)
+    return path.suffix == ".safetensors" or path.is_file() or path.is_dir()
+
+
+def _run_file(target: str) -> Path:
+    """The weights file of a run target: a run folder's model.safetensors, or the file."""
+    path = Path(target)
+    return path / "model.safetensors" if path.is_dir() else path
+
+
+def _check_fit(model: Any, x: Any, y: Any, label: str, data: str, trained: bool) -> None:
     """One forward pass on two examples: a model built for other data (``--in-channels``,
     ``--num-classes``, another data set's checkpoint) fails here with one clear message,
     before any analysis runs."""
     import torch
 
-    shape = ", ".join(map(str, x.shape[1:]))
+    from .analysis.blocks import run_model
+
+    fix = (
+        "choose a --data set like the one the run trained on"
+        if trained
+        else "drop model options such as --in-channels that set another input, or choose a "
+        "--data set that fits the model"
+    )
     try:
         with torch.no_grad():
-            out = model(x[:2])
-    except Exception as err:  # noqa: BLE001 - any failure of the model on this data
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(
-            f"{label} does not run on {data!r} inputs [N, {shape}] ({first}); drop model "
-            "options such as --in-channels that set another input, or choose a --data set "
-            "that fits the model"
-        ) from None
+            out = run_model(model, x[:2])
+    except ValueError as err:
+        raise ValueError(f"{label} does not run on {data!r} data: {err}; {fix}") from None
     integer = not (y.dtype.is_floating_point or y.dtype.is_complex)
     if integer and isinstance(out, torch.Tensor) and out.dim() >= 2 and y.numel():
         classes = int(y.max()) + 1
         if classes > out.shape[1]:
+            fix = fix if trained else f"drop --num-classes (or set it to {classes})"
             raise ValueError(
-                f"{label} has {out.shape[1]} outputs but {data!r} has {classes} classes; drop "
-                f"--num-classes (or set it to {classes}), or choose a --data set that fits"
+                f"{label} has {out.shape[1]} outputs but {data!r} has {classes} classes; {fix}"
             )
 
 
@@ -365,9 +379,9 @@ def _analysis_out(out: Path | None, kind: str, target: str | None) -> Path:
     return out
 
 
-def _check_replace(out_dir: Path, kind: str, label: str) -> None:
-    """Rerunning an analysis replaces its own result; a folder holding another analysis's
-    result (or another model's) is refused, so nothing written before is lost."""
+def _check_replace(out_dir: Path, invocation: dict[str, Any]) -> None:
+    """Rerunning an analysis (same kind, model or run, options, data and seed) replaces its
+    own result; a folder holding any other result is refused, so nothing is lost."""
     import json as _json
 
     path = out_dir / "result.json"
@@ -377,13 +391,16 @@ def _check_replace(out_dir: Path, kind: str, label: str) -> None:
         old = _json.loads(path.read_text())
     except (OSError, ValueError):
         old = None
-    if isinstance(old, dict) and old.get("analysis") == kind and old.get("target") == label:
+    if isinstance(old, dict) and old.get("invocation") == invocation:
         return
-    what = (
-        f"the {old.get('analysis')} analysis of {old.get('target')}"
-        if isinstance(old, dict) and old.get("analysis")
-        else "a result.json of something else"
-    )
+    if isinstance(old, dict) and old.get("analysis"):
+        what = f"the {old.get('analysis')} analysis of {old.get('target')}"
+        inv = old.get("invocation")
+        if isinstance(inv, dict) and inv.get("analysis") == invocation["analysis"]:
+            diff = sorted(k for k in {*inv, *invocation} if inv.get(k) != invocation.get(k))
+            what += f" with another {', '.join(diff)}"
+    else:
+        what = "a result.json of something else"
     raise ValueError(
         f"{out_dir} already holds {what}; choose another --out (or delete that folder)"
     )
@@ -415,7 +432,9 @@ def analyze_cmd(
         None, "--out", help="output folder (default analyses/KIND-NAME, NAME the model or run)"
     ),
     batch: int = typer.Option(None, "--batch", help="examples in the batch (default 64)"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(
+        None, "--seed", help="seeds initialisation, sampled paths, lesion draws, directions (0)"
+    ),
     until: str = typer.Option(None, "--until", help="paths: end at this module's output"),
     blocks: str = typer.Option(
         None, "--blocks", help="comma-separated module names of the residual units"
@@ -464,9 +483,25 @@ def analyze_cmd(
     if batch is not None and batch < (2 if kind == "nlc" else 1):
         least = "2 (nlc needs the inputs' covariance)" if kind == "nlc" else "1"
         raise ValueError(f"invalid --batch {batch}: must be at least {least}")
+    trained = _is_run(target)
+    if seed is not None and trained and kind in ("paths", "gradflow", "nlc"):
+        raise ValueError(
+            f"--seed changes nothing in {kind} of a trained model (it seeds a model's "
+            "initialisation, sampled paths, lesion draws and landscape directions)"
+        )
+    seed = 0 if seed is None else seed
     options = parse_options(ctx.args)
     block_list = [b.strip() for b in blocks.split(",") if b.strip()] if blocks else None
     out_dir = _analysis_out(out, kind, target)
+    # What makes two results the same analysis: a rerun of it replaces its result.
+    invocation = _json.loads(_json.dumps({
+        "analysis": kind,
+        "target": str(_run_file(target).resolve()) if trained else target,
+        "model_options": options,
+        **{k: v for k, v in given.items() if v is not None},
+        "seed": seed,
+    }, default=str))  # fmt: skip
+    _check_replace(out_dir, invocation)
     dev = resolve_device(device)
     extra = {k: v for k, v in (("precision", precision), ("max_length", max_length),
                                ("samples", samples)) if v is not None}  # fmt: skip
@@ -478,8 +513,11 @@ def analyze_cmd(
             kwargs["depths"] = _int_list("--depths", depths)
         if steps is not None:
             kwargs["steps"] = steps
+        if kind == "identity":
+            kwargs.setdefault("seeds", [seed])
+        else:
+            kwargs.setdefault("seed", seed)
         label = f"{kind} ({target or 'default models'})"
-        _check_replace(out_dir, kind, label)
         try:
             res = (
                 A.identity_task(**kwargs) if kind == "identity" else A.shattered_gradients(**kwargs)
@@ -492,11 +530,10 @@ def analyze_cmd(
                 f"{kind} needs a model name or a checkpoint, e.g. skiplab analyze {kind} resnet-20"
             )
         model, dataset, label, data_name = _load_for_analysis(target, options, data, data_dir, seed)
-        _check_replace(out_dir, kind, label)
         model.eval().to(dev)
         n = 64 if batch is None else batch
         x, y = dataset.test_x[:n].to(dev), dataset.test_y[:n].to(dev)
-        _check_fit(model, x, y, label, data_name)
+        _check_fit(model, x, y, label, data_name, trained)
         if kind == "paths":
             res = A.path_spectrum(model, x[:1], until=until, blocks=block_list)
         elif kind == "gradflow":
@@ -512,7 +549,8 @@ def analyze_cmd(
         else:
             res = A.nonlinearity_coefficient(model, x, blocks=block_list)
     out_dir.mkdir(parents=True, exist_ok=True)
-    doc = {"analysis": kind, "target": label, **res.to_dict(), "provenance": provenance()}
+    doc = {"analysis": kind, "target": label, **res.to_dict(), "invocation": invocation,
+           "provenance": provenance()}  # fmt: skip
     atomic_write_text(out_dir / "result.json", _json.dumps(doc, indent=1))
     import matplotlib
 
@@ -567,15 +605,19 @@ def study_cmd(
         from .study.ray_executor import RayExecutor
 
         ex = RayExecutor(address=address, workers=workers, device=device)
-    store = run_study(
-        study,
-        out_dir,
-        workers=workers,
-        device=device,
-        data_dir=data_dir,
-        executor=ex,
-        progress=True,
-    )
+    try:
+        store = run_study(
+            study,
+            out_dir,
+            workers=workers,
+            device=device,
+            data_dir=data_dir,
+            executor=ex,
+            progress=True,
+        )
+    finally:
+        if ex is not None:
+            ex.close()  # a Ray instance this command started, also when the study failed
     runs = store.runs()
     bad = [r for r in runs if r["status"] != "finished"]
     typer.echo(

@@ -16,13 +16,17 @@ and whatever the unit does after the addition).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..models.blocks import ResidualUnit
+
+log = logging.getLogger(__name__)
 
 
 def _tv_types() -> tuple[type, ...]:
@@ -46,6 +50,13 @@ def unit_kind(module: nn.Module) -> str | None:
     return None
 
 
+def overrides_forward(module: nn.Module) -> bool:
+    """A subclass of skiplab's or torchvision's units with a ``forward`` of its own: its
+    paths cannot be read from its parts (even a wrapper that logs and calls
+    ``super().forward`` is not known to compute what its parts say)."""
+    return isinstance(module, (ResidualUnit, *_tv_types())) and unit_kind(module) is None
+
+
 def is_unit(module: nn.Module, include_plain: bool = False) -> bool:
     """Whether ``module`` is a residual unit skiplab recognises without being told
     (``include_plain``: also skiplab's plain units, whose shortcut is ``None``)."""
@@ -54,6 +65,8 @@ def is_unit(module: nn.Module, include_plain: bool = False) -> bool:
         return include_plain or module.shortcut is not None
     if kind == "torchvision":
         return True
+    if overrides_forward(module):
+        return False
     return isinstance(getattr(module, "branch", None), nn.Module) and hasattr(module, "shortcut")
 
 
@@ -129,6 +142,11 @@ def find_units(
             f"invalid blocks: one {type(blocks).__name__}; give a list of modules or module "
             "names, e.g. blocks=[model.layer1[0], ...]"
         )
+    if blocks is not None and len(blocks) == 0:
+        raise ValueError(
+            "blocks=[] names no units; give the residual units' module names, or leave "
+            "blocks out to find skiplab's and torchvision's units"
+        )
     if blocks is not None:
         by_name = dict(model.named_modules())
         views = []
@@ -147,6 +165,8 @@ def find_units(
                     f"invalid blocks entry {b!r}: give module names or submodules of the model"
                 )
         for v in views:
+            if overrides_forward(v.module):
+                raise ValueError(_overridden(v.module, f"invalid blocks entry {v.name!r}"))
             if not is_unit(v.module):
                 raise ValueError(
                     f"invalid blocks entry {v.name!r}: {type(v.module).__name__} has no "
@@ -154,11 +174,19 @@ def find_units(
                 )
         return views
     views = [UnitView(n, m) for n, m in model.named_modules() if is_unit(m, include_plain)]
+    for n, m in model.named_modules():
+        if overrides_forward(m) and views:
+            log.warning("%s is not analysed as a unit: %s", n, _overridden(m, n).split(": ", 1)[1])
     # Units nested inside other units (not in skiplab's models) would double count.
     views = [
         v for v in views if not any(v.name.startswith(o.name + ".") for o in views if o is not v)
     ]
     if not views and required:
+        custom = next((m for m in model.modules() if overrides_forward(m)), None)
+        if custom is not None:
+            raise ValueError(
+                _overridden(custom, f"no residual units found in {type(model).__name__}")
+            )
         if any(isinstance(m, ResidualUnit) for m in model.modules()):
             raise ValueError(
                 f"{type(model).__name__} is a plain net: its units have no shortcut "
@@ -173,12 +201,24 @@ def find_units(
     return views
 
 
+def _overridden(module: nn.Module, what: str) -> str:
+    base = next(t for t in (ResidualUnit, *_tv_types()) if isinstance(module, t))
+    return (
+        f"{what}: {type(module).__name__} subclasses {base.__name__} but has a forward of its "
+        "own, so skiplab cannot tell its paths from its parts; keep the base forward (log "
+        "with hooks instead), or give the unit 'branch' and 'shortcut' modules computing "
+        "post(shortcut(x) + branch(x)) without subclassing"
+    )
+
+
 def run_model(model: nn.Module, *inputs: Tensor) -> Any:
     """``model(*inputs)``, with a forward pass that fails on these inputs (a wrong shape,
     channel count or number of inputs) turned into one ``ValueError`` that names the input
     shapes and, for skiplab models, the shape they take."""
     try:
         return model(*inputs)
+    except torch.OutOfMemoryError:
+        raise
     except (RuntimeError, TypeError, IndexError, AssertionError) as err:
         shapes = ", ".join(str(tuple(x.shape)) for x in inputs if isinstance(x, Tensor))
         expected = getattr(model, "example_input_shape", None)

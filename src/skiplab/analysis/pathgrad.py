@@ -501,6 +501,8 @@ def _push_parts(pull: Pullback, stack: Tensor, m: int, rows: int) -> tuple[Tenso
             gx_b += gx
     shape = (rows, *gx_s.shape[1:])
     out = stack if stack.shape == shape else _new_stack(gx_b, rows)
+    if gx_b.untyped_storage().data_ptr() == out.untyped_storage().data_ptr():
+        gx_b = gx_b.clone()  # a branch that passes its cotangent on unchanged (identity)
     if out.data_ptr() != gx_s.data_ptr():
         out[0] = gx_s[0]
     torch.add(gx_s[1:m], gx_b[: m - 1], out=out[1:m])
@@ -800,7 +802,7 @@ def path_gradients(
             if x_u is not prev:
                 stack = _vjp(x_u, prev, stack[:m])
                 paths = _vjp(x_u, prev, paths)
-    parts = stack[:m].detach()  # [rows, *x.shape]
+    parts = stack[:m].detach().contiguous()  # [rows, *x.shape] (channels_last rows on a CPU)
     path_norms = paths.detach().flatten(1).norm(dim=1).tolist()
     norms = parts.flatten(1).norm(dim=1).tolist()
     total = sum(norms)
