@@ -250,9 +250,9 @@ class _LinearChain:
             scalar = s.dim() == 0
             before = [j for j in range(i) if ops[j][0] == "linear"][-1:]
             after = [j for j in range(i + 1, len(ops)) if ops[j][0] == "linear"][:1]
-            if before and (scalar or _channel_dim(ops[before[0]][1], shape, out=True)):
+            if before and (scalar or _folds_into(ops[before[0]][1], shape, out=True)):
                 j, side = before[0], 0
-            elif after and (scalar or _channel_dim(ops[after[0]][1], shape, out=False)):
+            elif after and (scalar or _folds_into(ops[after[0]][1], shape, out=False)):
                 j, side = after[0], 1
             else:
                 left.append(i)
@@ -307,7 +307,7 @@ class _LinearChain:
         return g.reshape(r, *self.x_shape)
 
 
-def _channel_dim(module: nn.Module, shape: torch.Size, *, out: bool) -> bool:
+def _folds_into(module: nn.Module, shape: torch.Size, *, out: bool) -> bool:
     """Whether a per-channel scale of a tensor of ``shape`` (channels on dim 1) is a scale
     of ``module``'s output (``out``) or input channels, so it can be folded into its
     weight. A grouped convolution takes a scale of its output channels only."""
