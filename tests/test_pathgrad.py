@@ -291,9 +291,9 @@ def direct_and_general(monkeypatch, model, x, y, samples):
 
     used = []
     real = pg._linear_unit
-    monkeypatch.setattr(pg, "_linear_unit", lambda v, t: used.append(real(v, t)) or used[-1])
+    monkeypatch.setattr(pg, "_linear_unit", lambda *a: used.append(real(*a)) or used[-1])
     direct = path_gradients(model, x, y, samples=samples)
-    monkeypatch.setattr(pg, "_linear_unit", lambda v, t: None)
+    monkeypatch.setattr(pg, "_linear_unit", lambda *a: None)
     return direct, path_gradients(model, x, y, samples=samples), used
 
 
@@ -330,6 +330,8 @@ def test_direct_vjps_equal_the_functorch_path(monkeypatch, name, options) -> Non
     torch.testing.assert_close(direct.per_path_norm, general.per_path_norm, rtol=1e-9, atol=0)
     if options.get("placement") != "bn-after-add":  # BN after the addition: general path
         assert sum(u is not None for u in used) >= len(used) - 3  # all but transitions
+    # from the ReLU masks the forward pass recorded, without running the chains again
+    assert all(u.chain.out is None for u in used if u is not None)
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
@@ -344,6 +346,7 @@ def test_direct_vjps_of_torchvision_blocks(monkeypatch, arch) -> None:
     direct, general, used = direct_and_general(monkeypatch, model, x, y, samples=0)
     torch.testing.assert_close(direct.parts, general.parts, rtol=1e-10, atol=1e-13)
     assert sum(u is not None for u in used) == len(used) - (3 if arch == "resnet18" else 4)
+    assert all(u.chain.out is None for u in used if u is not None)  # recorded masks
 
 
 class HalfBlock(torchvision.models.resnet.BasicBlock):
@@ -474,3 +477,12 @@ def test_linear_chain_vjp_equals_autograd(chain) -> None:
     want = torch.stack([vjp(c)[0] for c in cot])
     torch.testing.assert_close(direct(cot), want, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(direct(cot[:0]), want[:0])
+    # From the ReLU masks a forward pass recorded (only shapes followed): the same VJP.
+    masks, h = [], x
+    for m in modules:
+        if isinstance(m, nn.ReLU):
+            masks.append(h > 0)
+        h = m(h)
+    recorded = _LinearChain(modules, x, masks)
+    assert recorded.out is None
+    torch.testing.assert_close(recorded(cot), want, rtol=1e-10, atol=1e-12)

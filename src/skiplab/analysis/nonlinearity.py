@@ -165,7 +165,7 @@ def nonlinearity_coefficient(
         units = find_units(model, required=False, include_plain=True)
     with module_mode(model, False):
         with torch.no_grad():
-            records, _out = record_units(model, units, x) if units else ([], None)
+            records = record_units(model, units, x)[0] if units else []
         value = nlc_of(model, x, chunk=chunk)
         per_unit = [
             {"name": u.name, "nlc": nlc_of(u.module, records[i][0], chunk=chunk)}

@@ -57,9 +57,14 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def record_units(
-    model: nn.Module, units: Sequence[UnitView], x: Tensor
-) -> tuple[list[tuple[Tensor, Tensor]], Any]:
-    """Run ``model(x)``; return each unit's (input, output) and the model output.
+    model: nn.Module,
+    units: Sequence[UnitView],
+    x: Tensor,
+    relus: dict[int, list[nn.Module]] | None = None,
+) -> tuple[list[tuple[Tensor, Tensor]], Any, dict[int, list[Tensor]]]:
+    """Run ``model(x)``; return each unit's (input, output), the model output, and for each
+    unit ``i`` in ``relus`` the masks (output > 0) of the ReLU modules ``relus[i]`` in the
+    order the unit called them.
 
     Raises ``ValueError`` when a unit does not run exactly once, or when a unit's input or
     output is changed in place later in the forward pass (the recorded tensors would then
@@ -68,9 +73,24 @@ def record_units(
     records: list[tuple[Tensor, Tensor] | None] = [None] * len(units)
     versions: list[tuple[int, int]] = [(0, 0)] * len(units)
     calls = [0] * len(units)
+    relus = relus or {}
+    masks: dict[int, list[Tensor]] = {i: [] for i in relus}
+    inside: list[int] = []  # the unit running now
+
+    def enter(i: int) -> Callable:
+        def fn(_m: nn.Module, _args: tuple) -> None:
+            inside.append(i)
+
+        return fn
+
+    def relu_hook(_m: nn.Module, _args: tuple, out: Any) -> None:
+        if inside and any(_m is r for r in relus.get(inside[-1], ())):
+            masks[inside[-1]].append(out.detach() > 0)
 
     def hook(i: int) -> Callable:
         def fn(_m: nn.Module, args: tuple, out: Any) -> None:
+            if inside and inside[-1] == i:
+                inside.pop()
             calls[i] += 1
             if not args or not isinstance(args[0], Tensor) or not isinstance(out, Tensor):
                 raise ValueError(
@@ -83,6 +103,9 @@ def record_units(
         return fn
 
     handles = [u.module.register_forward_hook(hook(i)) for i, u in enumerate(units)]
+    handles += [units[i].module.register_forward_pre_hook(enter(i)) for i in relus]
+    hooked = {id(r): r for rs in relus.values() for r in rs}
+    handles += [r.register_forward_hook(relu_hook) for r in hooked.values()]
     try:
         out = run_model(model, x)
     finally:
@@ -100,7 +123,7 @@ def record_units(
                 f"the input or output of unit {u.name!r} is modified in place later in the "
                 "forward pass; use out-of-place ops (e.g. ReLU(inplace=False)) after units"
             )
-    return records, out  # type: ignore[return-value]
+    return records, out, masks  # type: ignore[return-value]
 
 
 def _reaches(root: Tensor, stop: Tensor | None, target: Any) -> bool:
@@ -215,27 +238,40 @@ class _LinearChain:
     per call of ``path_gradients``: what is left per unit is one kernel per convolution and
     one mask multiply per ReLU. A stride-1, ungrouped convolution's VJP is itself a
     convolution (transposed, flipped weights), run as a forward convolution, the kernel
-    libraries tune best; on a CPU it runs channels_last (``_channels_last``)."""
+    libraries tune best; on a CPU it runs channels_last (``_channels_last``).
 
-    def __init__(self, modules: list[nn.Module], x: Tensor) -> None:
+    ``masks``, the ReLU masks the forward pass recorded (``record_units``), spare running
+    the chain again: only shapes are followed then, and ``out`` is None."""
+
+    def __init__(
+        self, modules: list[nn.Module], x: Tensor, masks: Sequence[Tensor] | None = None
+    ) -> None:
         self.x_shape = x.shape
         ops: list[list[Any]] = []  # forward order: [kind, module or tensor, input shape]
-        h = x
+        recorded = iter(masks) if masks is not None else None
+        h: Tensor | None = None if recorded else x
+        shape = x.shape
         with torch.no_grad():
             for m in modules:
                 if isinstance(m, nn.ReLU):
-                    ops.append(["mask", h > 0, h.shape])
-                    h = F.relu(h)  # never in place: h may be the unit's recorded input
+                    mask = next(recorded) if recorded else h > 0  # type: ignore[operator]
+                    ops.append(["mask", mask, shape])
+                    if h is not None:
+                        h = F.relu(h)  # never in place: h may be the unit's recorded input
                     continue
                 if isinstance(m, nn.Conv2d | nn.Linear):
-                    ops.append(["linear", m, h.shape])
+                    ops.append(["linear", m, shape])
                 elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
                     scale, _ = eval_norm_affine(m.running_mean, m.running_var, m.weight,
                                                 m.bias, m.eps)  # fmt: skip
-                    ops.append(["scale", scale, h.shape])
+                    ops.append(["scale", scale, shape])
                 elif isinstance(m, Scale):
-                    ops.append(["scale", m.scale, h.shape])
-                h = m(h)
+                    ops.append(["scale", m.scale, shape])
+                if h is not None:
+                    h = m(h)
+                    shape = h.shape
+                else:
+                    shape = _out_shape(m, shape)
         self.out = h
         self.channels_last = _channels_last(x)
         self.steps = self._fold(ops)
@@ -307,6 +343,20 @@ class _LinearChain:
         return g.reshape(r, *self.x_shape)
 
 
+def _out_shape(module: nn.Module, shape: torch.Size) -> torch.Size:
+    """The output shape of a chain module (Conv2d, Linear, or shape-keeping) at ``shape``."""
+    if isinstance(module, nn.Linear):
+        return torch.Size((*shape[:-1], module.out_features))
+    if isinstance(module, nn.Conv2d):
+        size = [
+            (n + 2 * p - d * (k - 1) - 1) // s + 1
+            for n, p, d, k, s in zip(shape[2:], module.padding, module.dilation,
+                                     module.kernel_size, module.stride, strict=True)
+        ]  # fmt: skip
+        return torch.Size((shape[0], module.out_channels, *size))
+    return shape
+
+
 def _folds_into(module: nn.Module, shape: torch.Size, *, out: bool) -> bool:
     """Whether a per-channel scale of a tensor of ``shape`` (channels on dim 1) is a scale
     of ``module``'s output (``out``) or input channels, so it can be folded into its
@@ -372,10 +422,11 @@ class _DirectPullback:
         return self.chain(cot)
 
 
-def _linear_unit(view: UnitView, x: Tensor) -> _DirectPullback | None:
-    """The direct VJPs of a skiplab unit (or a torchvision BasicBlock/Bottleneck) with an
-    identity shortcut, no gate, a branch of known modules and nothing or a ReLU after the
-    addition; None for any other unit (it goes through ``_UnitPullback``)."""
+def _direct_modules(view: UnitView) -> tuple[list[nn.Module], bool] | None:
+    """The chain of a unit whose VJPs can be taken directly, and whether a ReLU follows the
+    addition: a skiplab unit (or a torchvision BasicBlock/Bottleneck) with no gate, a
+    branch of known modules and nothing or a ReLU after the addition; None for any other
+    unit (it goes through ``_UnitPullback``)."""
     m = view.module
     kind = unit_kind(m)
     if kind == "torchvision":  # BasicBlock / Bottleneck: relu(x + branch)
@@ -393,16 +444,33 @@ def _linear_unit(view: UnitView, x: Tensor) -> _DirectPullback | None:
     pre, branch, scale, post = parts
     if any(not isinstance(p, nn.ReLU | nn.Identity) for p in post):  # type: ignore[union-attr]
         return None
+    relu_after = any(isinstance(p, nn.ReLU) for p in post)  # type: ignore[union-attr]
+    return pre + branch + scale, relu_after  # type: ignore[operator]
+
+
+def _linear_unit(
+    view: UnitView,
+    x: Tensor,
+    y: Tensor,
+    direct: tuple[list[nn.Module], bool] | None,
+    masks: Sequence[Tensor] | None = None,
+) -> _DirectPullback | None:
+    """The direct VJPs of a unit ``_direct_modules`` accepted (``direct``), at its recorded
+    input ``x`` and output ``y``, from the ReLU masks the forward pass recorded when there
+    are as many as the chain has ReLUs (else it runs the chain again); None when the
+    shortcut is not the identity after all (or ``direct`` is None)."""
+    if direct is None:
+        return None
+    modules, relu_after = direct
     x = x.detach()
     with torch.no_grad():
-        if view.shortcut(x) is not x:
+        if view.shortcut(x) is not x or y.shape != x.shape:
             return None
-        chain = _LinearChain(pre + branch + scale, x)  # type: ignore[operator]
-        y = x + chain.out
-        if y.shape != x.shape:
+        relus = sum(isinstance(m, nn.ReLU) for m in modules)
+        chain = _LinearChain(modules, x, masks[:relus] if masks and len(masks) >= relus else None)
+        if chain.out is not None and chain.out.shape != x.shape:
             return None
-        relu_after = any(isinstance(p, nn.ReLU) for p in post)  # type: ignore[union-attr]
-        mask = (y > 0) if relu_after else None
+        mask = (y.detach() > 0) if relu_after else None
         if mask is not None and chain.channels_last:
             mask = mask.contiguous(memory_format=torch.channels_last)
         return _DirectPullback(chain, mask)
@@ -768,7 +836,12 @@ def path_gradients(
     )
     with module_mode(model, False), torch.enable_grad():
         xin = x.detach().clone().requires_grad_(True)
-        records, out = record_units(model, units, xin)
+        # Units whose VJPs are taken directly (fp32): their ReLU masks come from this pass.
+        directs = (
+            {i: _direct_modules(v) for i, v in enumerate(units)} if precision == "fp32" else {}
+        )
+        relus = {i: [m for m in d[0] if isinstance(m, nn.ReLU)] for i, d in directs.items() if d}
+        records, out, masks = record_units(model, units, xin, relus)
         loss = loss_fn(out, target)
         if not isinstance(loss, Tensor) or loss.dim() != 0:
             raise ValueError("loss_fn must return a scalar tensor")
@@ -792,7 +865,7 @@ def path_gradients(
         paths = g.unsqueeze(0).expand(mask.shape[0], *g.shape)  # single sampled paths
         for u in range(num - 1, -1, -1):
             x_u = records[u][0]
-            direct = _linear_unit(units[u], x_u) if precision == "fp32" else None
+            direct = _linear_unit(units[u], x_u, records[u][1], directs.get(u), masks.get(u))
             pull = direct or _UnitPullback(units[u], x_u, autocast)
             stack, m = _push_parts(pull, stack, m, rows)
             if len(paths):
