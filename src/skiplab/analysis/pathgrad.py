@@ -806,11 +806,12 @@ def path_gradients(
     branch VJPs (957 for K = 20), and saves more than that share of the time, as the rows
     it drops are those of the early, largest feature maps. Units of known modules take
     their VJPs directly (``_LinearChain``: BN folded into the convolution weights, one
-    kernel per convolution and per ReLU mask, channels_last on a CPU). Measured on a 2-core
-    CPU (one thread), ResNet-110, fp32, samples=0 (benchmarks/pathgrad_cost.py): exact
-    parts 8.5x (batch 8, quiet) to 13x (batch 16, loaded machine) one forward + backward,
-    about the U/6 = 9x of arithmetic (27x before the direct VJPs; 42x before the stack
-    and batching were reworked); max_length=20 5-7x. On an H100, ResNet-110 at batch 128:
+    kernel per convolution and per ReLU mask, the masks recorded by the forward pass,
+    channels_last on a CPU). Measured on a 2-core CPU (one thread), ResNet-110, fp32,
+    samples=0 (benchmarks/pathgrad_cost.py): exact parts 8.5x (batch 8) to 13x (batch 16)
+    one forward + backward, about the U/6 = 9x of arithmetic (27x before the direct VJPs;
+    42x before the stack and batching were reworked); max_length=20 5-7x. On an H100,
+    ResNet-110 at batch 128:
     exact parts 4.4-4.6x one fp32 forward + backward (partly bound by the CPU's dispatch),
     max_length=20 3.6x, both measured before the direct VJPs, which remove most of that
     dispatch and two of the elementwise passes per unit.
