@@ -361,15 +361,10 @@ def _analysis_out(out: Path | None, kind: str, target: str | None) -> Path:
     """The output folder (default ``analyses/KIND-NAME``, NAME the model name or the run
     folder's), refused up front when it cannot be a folder."""
     if out is None:
-        path = Path(target) if target else None
-        if path is not None and path.is_dir():  # a run folder
-            name = path.resolve().name
-        elif path is not None and path.suffix == ".safetensors":
-            # a run's model.safetensors / checkpoint.safetensors: the run folder's name
-            skiplab_file = path.stem in ("model", "checkpoint")
-            name = path.resolve().parent.name if skiplab_file else path.stem
-        else:
-            name = target or kind
+        name = target or kind
+        if _is_run(target):  # a run's model.safetensors / checkpoint.safetensors: the run's name
+            path = _run_file(target).resolve()  # type: ignore[arg-type]
+            name = path.parent.name if path.stem in ("model", "checkpoint") else path.stem
         out = Path("analyses") / f"{kind}-{name}".replace(",", "_")
     for p in (out, *out.parents):
         if p.exists():

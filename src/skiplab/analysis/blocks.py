@@ -65,7 +65,7 @@ def is_unit(module: nn.Module, include_plain: bool = False) -> bool:
         return include_plain or module.shortcut is not None
     if kind == "torchvision":
         return True
-    if overrides_forward(module):
+    if isinstance(module, (ResidualUnit, *_tv_types())):  # with a forward of its own
         return False
     return isinstance(getattr(module, "branch", None), nn.Module) and hasattr(module, "shortcut")
 
