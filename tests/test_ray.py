@@ -3,7 +3,10 @@ and its run recorded once."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import yaml
 ray = pytest.importorskip("ray")
 
 from skiplab.study import parse_spec, run_study  # noqa: E402
-from skiplab.study.ray_executor import RayExecutor  # noqa: E402
+from skiplab.study.ray_executor import RayExecutor, check_reachable  # noqa: E402
 from skiplab.study.runner import Job  # noqa: E402
 
 SPEC = {
@@ -115,6 +118,66 @@ def test_unreachable_address_fails_fast_and_writes_nothing(tmp_path: Path, not_c
     assert result.exit_code == 2, result.output
     assert "cannot reach a Ray cluster at 127.0.0.1:1" in result.stderr
     assert "ray start --head" in result.stderr and not out.exists()
+
+
+@pytest.fixture
+def listener():
+    """A TCP server that is not Ray: it accepts, reads, and answers ``reply`` (or nothing)."""
+    servers = []
+
+    def start(reply: bytes) -> str:
+        srv = socket.create_server(("127.0.0.1", 0))
+        servers.append(srv)
+
+        def serve() -> None:
+            with contextlib.suppress(OSError):
+                conn, _ = srv.accept()
+                servers.append(conn)
+                conn.recv(1024)
+                if reply:
+                    conn.sendall(reply)
+
+        threading.Thread(target=serve, daemon=True).start()
+        return f"127.0.0.1:{srv.getsockname()[1]}"
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+@pytest.mark.parametrize(
+    "reply, said",
+    [(b"", "sent nothing in 0.5 s"), (b"HTTP/1.1 400 Bad Request\r\n\r\n", "sent b'HTTP/1.1 '")],
+)
+def test_a_listener_that_is_not_ray_is_refused(listener, reply: bytes, said: str) -> None:
+    # Ray's own init retries such an address for minutes (or forever); the check does not.
+    address = listener(reply)
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="not a Ray cluster") as err:
+        check_reachable(address, timeout=0.5)
+    assert time.perf_counter() - t0 < 3
+    assert said in str(err.value) and "6379" in str(err.value) and address in str(err.value)
+
+
+def test_a_real_ray_gcs_passes_the_handshake(local_ray) -> None:
+    check_reachable(ray.get_runtime_context().gcs_address)  # raises if it were refused
+    check_reachable("ray://" + ray.get_runtime_context().gcs_address)
+
+
+def test_cli_refuses_a_non_ray_address_fast(tmp_path: Path, not_connected, listener) -> None:
+    from typer.testing import CliRunner
+
+    from skiplab.cli import app
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    out = tmp_path / "out"
+    address = listener(b"SSH-2.0-OpenSSH_9.6\r\n")
+    result = CliRunner().invoke(app, ["study", str(spec), "--executor", "ray", "--address",
+                                      address, "--device", "cpu", "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert f"something listens at {address}, but it is not a Ray cluster" in result.stderr
+    assert not out.exists()
 
 
 def test_ray_connection_error_is_a_clear_value_error(monkeypatch: pytest.MonkeyPatch) -> None:

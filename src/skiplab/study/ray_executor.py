@@ -15,6 +15,7 @@ sees (run folders are written there). ``ray`` is an optional dependency:
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -39,19 +40,54 @@ def _host_port(address: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
+# HTTP/2's client connection preface and an empty SETTINGS frame (RFC 9113, 3.4 and 6.5).
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
 def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Fail fast on a ``host:port`` that nothing answers on (Ray itself retries for
-    minutes before it gives up)."""
+    """Fail fast on a ``host:port`` that nothing answers on, or where what answers is not
+    a gRPC server as Ray's GCS and Ray Client servers are: Ray itself retries such an
+    address for minutes, or forever, before it gives up.
+
+    The gRPC check sends HTTP/2's connection preface and expects the server's, a SETTINGS
+    frame on stream 0. It is skipped under ``RAY_USE_TLS`` (the handshake is TLS first).
+    """
     target = _host_port(address)
     if target is None:
         return
     try:
-        socket.create_connection(target, timeout=timeout).close()
+        with socket.create_connection(target, timeout=timeout) as conn:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return
+            conn.sendall(_H2_PREFACE)
+            head = _read(conn, 9)
     except OSError as err:
         raise ValueError(
             f"cannot reach a Ray cluster at {address}: {err}; start one with `ray start --head` "
             "or drop --address"
         ) from None
+    # A frame header: 24-bit length, type (4: SETTINGS), flags, 31-bit stream id (0).
+    if len(head) < 9 or head[3] != 4 or int.from_bytes(head[5:9], "big") & 0x7FFFFFFF:
+        answer = f"sent {head!r}" if head else f"sent nothing in {timeout:g} s"
+        raise ValueError(
+            f"something listens at {address}, but it is not a Ray cluster (no gRPC handshake: "
+            f"it {answer}); give the address of the head node's GCS (the port "
+            "`ray start --head` prints, 6379 by default) or of Ray Client (ray://HOST:10001)"
+        )
+
+
+def _read(conn: socket.socket, n: int) -> bytes:
+    """Up to ``n`` bytes: fewer when the peer closes or the socket's timeout passes."""
+    data = b""
+    try:
+        while len(data) < n:
+            chunk = conn.recv(n - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except TimeoutError:
+        pass
+    return data
 
 
 class RayExecutor:
