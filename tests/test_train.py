@@ -150,9 +150,16 @@ def test_fit_writes_the_run_folder(tmp_path: Path, digits) -> None:
     } <= {p.name for p in out.iterdir()}
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
-    assert {"train_loss", "train_acc", "test_loss", "test_acc"} <= set(rows[0])
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "finished" and run["model"] == "preact-resnet-8" and run["seed"] == 1
+    assert {"train_loss", "train_acc", "test_loss", "test_acc"} <= set(rows[0])
+    # Each epoch's time, split: the training loop, its rate, the test pass, the whole epoch.
+    n_train = digits.train_x.shape[0]
+    for r in rows:
+        assert r["train_time_s"] > 0 and r["test_time_s"] > 0
+        assert r["train_time_s"] + r["test_time_s"] <= r["time_s"] + 1e-3
+        assert r["train_img_s"] == pytest.approx(n_train / r["train_time_s"], rel=1e-2)
+    assert sum(r["time_s"] for r in rows) == pytest.approx(run["duration_s"], abs=0.05)
     assert run["final_metrics"]["test_acc"] == rows[-1]["test_acc"] > 0.5
     assert run["provenance"]["torch"] == torch.__version__
     grads = json.loads((out / "grad_norms.jsonl").read_text().splitlines()[0])
@@ -278,7 +285,8 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path: Path) -> None:
     for k in a:
         assert torch.equal(a[k], b[k]), k
     rows = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "time_s"} for r in rs]  # noqa: E731
+    timing = {"time_s", "train_time_s", "test_time_s", "train_img_s"}
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]  # noqa: E731
     assert strip(rows(full)) == strip(rows(killed))
 
 

@@ -336,6 +336,7 @@ def fit(
     torch.backends.cudnn.benchmark = benchmark or cuda  # cuDNN autotuning for fixed shapes
     try:
         for epoch in range(start_epoch, recipe.epochs):
+            t_epoch = time.perf_counter()
             gen = torch.Generator().manual_seed(
                 seed * 1_000_003 + epoch
             )  # CPU: same batches on any device
@@ -369,19 +370,23 @@ def fit(
                 stats.add(out, yb, loss)
                 bar.step(epoch)
             stats.reduce(dist)
-            row = {"epoch": epoch + 1, **stats.metrics("train")}
+            row = {"epoch": epoch + 1, **stats.metrics("train")}  # .item(): waits for the GPU
+            t_train = time.perf_counter()
             if not math.isfinite(row["train_loss"]):
                 raise _Diverged(epoch, (epoch + 1) * steps_per_epoch, row["train_loss"])
             row.update(evaluate(model, data, recipe, dev, amp))
             row["lr"] = recipe.lr_at((epoch + 1) * steps_per_epoch - 1, steps_per_epoch)
-            row["time_s"] = round(time.perf_counter() - t_start, 3)
+            t_end = time.perf_counter()
+            row["train_time_s"] = round(t_train - t_epoch, 4)
+            row["test_time_s"] = round(t_end - t_train, 4)
+            row["train_img_s"] = round(n / max(t_train - t_epoch, 1e-9), 1)
+            row["time_s"] = round(t_end - t_start, 3)
             history.append(row)
+            run_info.update(
+                epochs_done=epoch + 1, duration_s=run_info["duration_s"] + t_end - t_start
+            )
+            t_start = t_end
             if dist.is_main:
-                run_info.update(
-                    epochs_done=epoch + 1,
-                    duration_s=run_info["duration_s"] + time.perf_counter() - t_start,
-                )
-                t_start = time.perf_counter()
                 _save_resume(ckpt_path, model, opt, epoch + 1, history, run_info)
                 with open(out_dir / METRICS_FILE, "a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
