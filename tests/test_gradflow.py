@@ -61,7 +61,7 @@ def test_torchvision_resnet_and_unitless_model() -> None:
     torch.manual_seed(0)
     tv = torchvision.models.resnet18(num_classes=5)
     r = gradient_flow(tv, torch.randn(2, 3, 16, 16), torch.tensor([0, 3]))
-    assert len(r.units) == 8 and all(u["grad_norm"] > 0 for u in r.units)
+    assert len(r.units) == 8 and all(u["grad_norm"] > 0 and u["residual"] for u in r.units)
 
     mlp = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
     target = torch.randn(6, 3)  # float target: MSE
@@ -119,3 +119,31 @@ def test_result_contract() -> None:
     assert set(d["units"][0]) == {"name", "residual", "grad_norm", "act_std", "weight_grad_norm"}
     assert "GradientFlow(" in repr(r) and "He et al. 2015" in r.summary()
     assert r.plot().get_xlabel() == "unit"
+
+
+def test_named_blocks_and_overriding_units_are_kept() -> None:
+    # Gradient flow needs only each unit's output: any submodule can be named, and a
+    # unit subclass with its own forward is still found (path analyses refuse both).
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    r = gradient_flow(mlp, x, y, blocks=["0", "2"])
+    h = mlp[0](x)
+    (g,) = torch.autograd.grad(F.cross_entropy(mlp[2](mlp[1](h)), y), h)
+    assert [u["name"] for u in r.units] == ["0", "2"]
+    assert not any(u["residual"] for u in r.units)
+    assert r.units[0]["grad_norm"] == pytest.approx(float(g.norm()), rel=1e-5)
+
+    class Logged(type(skiplab.create_model("resnet-8").stages[0][0])):
+        def forward(self, x):  # noqa: ANN001, ANN201
+            return super().forward(x)
+
+    model = skiplab.create_model("resnet-8", width=0.25)
+    model.stages[1][0].__class__ = Logged
+    x, y = batch()
+    assert [u["name"] for u in gradient_flow(model, x, y).units] == [
+        "stages.0.0",
+        "stages.1.0",
+        "stages.2.0",
+    ]
+    assert len(find_units(model)) == 2  # the path analyses' view: its paths are unknown

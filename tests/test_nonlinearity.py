@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 import skiplab
@@ -109,3 +110,34 @@ def test_result_contract() -> None:
         nlc_of(torch.tanh, torch.randn(1, 3))
     with pytest.raises(ValueError, match="invalid chunk=0"):
         nonlinearity_coefficient(nn.Linear(3, 3), torch.randn(4, 3), chunk=0)
+
+
+class LoggedBlock(torchvision.models.resnet.BasicBlock):
+    """A user's subclass with a forward of its own: its paths are unknown, but the NLC
+    needs only its input-output map."""
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return super().forward(x)
+
+
+def test_units_are_any_input_output_maps(caplog: pytest.LogCaptureFixture) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(6, 5, dtype=torch.float64)
+    mlp = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+    r = nonlinearity_coefficient(mlp, x, blocks=["0", "2"])  # not residual units: any module
+    assert [u["name"] for u in r.per_unit] == ["0", "2"]
+    assert [u["nlc"] for u in r.per_unit] == pytest.approx([1.0, 1.0], abs=1e-10)  # affine
+
+    tv = torchvision.models.resnet18(num_classes=4).double().eval()
+    tv.layer2[0].__class__ = LoggedBlock
+    caplog.set_level(logging.WARNING)
+    xi = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    r = nonlinearity_coefficient(tv, xi)
+    assert len(r.per_unit) == 8 and "not analysed" not in caplog.text
+    inputs = []
+    h = tv.layer2[0].register_forward_hook(lambda m, a, o: inputs.append(a[0]))
+    with torch.no_grad():
+        tv(xi)
+    h.remove()
+    row = next(u for u in r.per_unit if u["name"] == "layer2.0")
+    assert row["nlc"] == pytest.approx(nlc_of(tv.layer2[0], inputs[0]), rel=1e-10)

@@ -124,12 +124,16 @@ def find_units(
     *,
     required: bool = True,
     include_plain: bool = False,
+    opaque: bool = False,
 ) -> list[UnitView]:
     """The residual units of ``model`` in module order (the order of ``named_modules``).
 
     ``blocks`` names them explicitly. ``include_plain`` also returns skiplab's plain units
     (``shortcut is None``: ``UnitView.shortcut`` then gives zeros), so plain and residual
-    nets can be compared unit by unit. Raises ``ValueError`` when none is found and
+    nets can be compared unit by unit. ``opaque``: the caller uses each unit only as a
+    map from its input to its output (gradient flow, the NLC), never its paths, so
+    subclasses of known units with a ``forward`` of their own are found too, and named
+    blocks may be any submodules. Raises ``ValueError`` when none is found and
     ``required``, naming the remedy.
     """
     names = {id(m): n for n, m in model.named_modules()}
@@ -165,6 +169,8 @@ def find_units(
                     f"invalid blocks entry {b!r}: give module names or submodules of the model"
                 )
         for v in views:
+            if opaque:
+                break
             if overrides_forward(v.module):
                 raise ValueError(_overridden(v.module, f"invalid blocks entry {v.name!r}"))
             if not is_unit(v.module):
@@ -173,9 +179,15 @@ def find_units(
                     "'branch' and 'shortcut' attributes; skiplab needs out = shortcut(x) + branch(x)"
                 )
         return views
-    views = [UnitView(n, m) for n, m in model.named_modules() if is_unit(m, include_plain)]
+
+    def found(m: nn.Module) -> bool:
+        if opaque and overrides_forward(m):
+            return include_plain or getattr(m, "shortcut", True) is not None
+        return is_unit(m, include_plain)
+
+    views = [UnitView(n, m) for n, m in model.named_modules() if found(m)]
     for n, m in model.named_modules():
-        if overrides_forward(m) and views:
+        if overrides_forward(m) and views and not opaque:
             log.warning("%s is not analysed as a unit: %s", n, _overridden(m, n).split(": ", 1)[1])
     # Units nested inside other units (not in skiplab's models) would double count.
     views = [

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import UnitView, find_units, run_model
+from .blocks import UnitView, _tv_types, find_units, run_model
 from .result import Result, new_axes
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,8 @@ def gradient_flow(
     Args:
         model: any ``nn.Module``; its units are found with ``find_units`` (plain skiplab
             units included, so plain and residual nets compare unit by unit), or named with
-            ``blocks=[...]``. A model without units still gets its ``layers`` rows.
+            ``blocks=[...]``, any submodules returning a tensor (only their outputs are
+            read). A model without units still gets its ``layers`` rows.
         x, target: one batch. loss_fn: ``(output, target) -> scalar``; default
             ``default_loss`` (cross-entropy for integer targets, MSE for float ones).
         train: measure in training mode (batch statistics in BN, as the optimiser sees at
@@ -184,9 +185,9 @@ def gradient_flow(
     """
     loss_fn = loss_fn or default_loss
     if blocks is not None:
-        units = find_units(model, blocks)
+        units = find_units(model, blocks, opaque=True)
     else:
-        units = find_units(model, required=False, include_plain=True)
+        units = find_units(model, required=False, include_plain=True, opaque=True)
     layers = [(n, m) for n, m in model.named_modules() if _own_params(m)]
 
     unit_out: list[Tensor | None] = [None] * len(units)
@@ -258,7 +259,12 @@ def gradient_flow(
 
 
 def _is_residual(unit: UnitView) -> bool:
-    return getattr(unit.module, "shortcut", True) is not None
+    """Whether the unit has a skip: a shortcut that is not None, or torchvision's blocks;
+    a named submodule of another kind (``blocks=["0", ...]``) has none."""
+    m = unit.module
+    if hasattr(m, "shortcut"):
+        return m.shortcut is not None
+    return isinstance(m, _tv_types())
 
 
 def unit_grad_norms(model: nn.Module, units: Sequence[UnitView] | None = None) -> dict[str, float]:
@@ -277,7 +283,7 @@ def unit_grad_norms(model: nn.Module, units: Sequence[UnitView] | None = None) -
     gradient yet report 0.
     """
     if units is None:
-        units = find_units(model, required=False, include_plain=True)
+        units = find_units(model, required=False, include_plain=True, opaque=True)
     sq = []
     for u in units:
         gs = [

@@ -153,16 +153,17 @@ def nonlinearity_coefficient(
     Args:
         model: any ``nn.Module`` returning a tensor; run in eval mode (restored after).
             Units are found by ``find_units`` (plain skiplab units included) or named with
-            ``blocks=[...]``; a model without units gets an empty ``per_unit``.
+            ``blocks=[...]``, any submodules mapping a tensor to a tensor (the NLC needs
+            no paths); a model without units gets an empty ``per_unit``.
         x: the input points ``[N, ...]``, N >= 2: their covariance is Σ_x. Cost: one
             forward-mode pass over the batch per tangent, min(N - 1, D) tangents.
         chunk: tangents evaluated at once (memory: ``chunk`` x the activations of x).
     """
     check_positive_int("chunk", chunk)
     if blocks is not None:
-        units = find_units(model, blocks)
+        units = find_units(model, blocks, opaque=True)
     else:
-        units = find_units(model, required=False, include_plain=True)
+        units = find_units(model, required=False, include_plain=True, opaque=True)
     with module_mode(model, False):
         with torch.no_grad():
             records = record_units(model, units, x)[0] if units else []

@@ -322,7 +322,7 @@ def fit(
 
     writer = _tensorboard(out_dir) if tensorboard and dist.is_main else None
     units = (
-        find_units(model, required=False, include_plain=True)
+        find_units(model, required=False, include_plain=True, opaque=True)
         if log_grad_every and dist.is_main
         else []
     )
