@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -135,11 +136,19 @@ def test_grid_and_quick_expand() -> None:
                                    "veit-lesion", "li2018-landscape", "unet-skips"}  # fmt: skip
 
 
-def test_quick_study_end_to_end_and_rerun_redoes_nothing(tmp_path: Path) -> None:
+def test_quick_study_end_to_end_and_rerun_redoes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     out = tmp_path / "study"
+    caplog.set_level(logging.INFO, logger="skiplab.study.runner")
     store = run_study(parse_spec(TINY), out)
     runs = store.runs()
     assert [r["status"] for r in runs] == ["finished"] * 4
+    # A line per finished job, for logs where no progress bar shows.
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[")]
+    assert sorted(m.split()[0] for m in lines) == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
+    assert {m.split()[1] for m in lines} == {r["id"] for r in runs}
+    assert all(" finished in " in m for m in lines)
     results = {(x["run_id"], x["phase"], x["kind"]): x for x in store.results()}
     plain_pathgrad = results[("g/plain-8/digits/s0", "trained", "pathgrad")]["result"]
     assert "skipped" in plain_pathgrad  # a plain net has no residual units: recorded, not failed
@@ -249,6 +258,13 @@ def test_study_resumes_after_sigkill(tmp_path: Path) -> None:
         assert after[run_id]["finished"] == finished and after[run_id]["attempts"] == 1
     for run_id in interrupted:  # the half-written run was redone cleanly
         assert after[run_id]["attempts"] == 2
+    # stdout is not a terminal: no bar, a line per job done in this session instead
+    redone = [line for line in result.stderr.splitlines() if line.startswith("[")]
+    n, left = len(after), [r for r in after if r not in done_before]
+    assert [line.split()[0] for line in redone] == [
+        f"[{k}/{n}]" for k in range(n - len(left) + 1, n + 1)
+    ]
+    assert sorted(line.split()[1] for line in redone) == sorted(left)
 
 
 def test_report_command_rerenders(tmp_path: Path) -> None:

@@ -583,6 +583,10 @@ def study_cmd(
     from .study import load_spec, run_study
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    # A progress bar on a terminal; elsewhere (a log file, CI) a line per finished job.
+    bar = sys.stdout.isatty()
+    if not bar:
+        logging.getLogger("skiplab.study.runner").setLevel(logging.INFO)
     if workers < 0:
         raise ValueError(f"invalid --workers {workers}: must be 0 (auto) or a positive number")
     if executor not in ("local", "ray"):
@@ -608,7 +612,7 @@ def study_cmd(
             device=device,
             data_dir=data_dir,
             executor=ex,
-            progress=True,
+            progress=bar,
         )
     finally:
         if ex is not None:

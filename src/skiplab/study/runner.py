@@ -319,9 +319,16 @@ def run_study(
             if bar:
                 bar[0].update(bar[1], description=job.job_id)
 
+        finished = [len(jobs) - len(todo)]
+
         def on_done(job: Job, out: dict[str, Any]) -> None:
-            store.finish(job.job_id, out.get("status", "failed"), metrics=out.get("metrics"), history=out.get("history"),
+            status = out.get("status", "failed")
+            store.finish(job.job_id, status, metrics=out.get("metrics"), history=out.get("history"),
                          results=out.get("results", []), error=out.get("error"), duration_s=out.get("duration_s"))  # fmt: skip
+            finished[0] += 1
+            # one line per job for logs (the bar is for terminals)
+            log.info("[%d/%d] %s %s in %.1f s", finished[0], len(jobs), job.job_id, status,
+                     out.get("duration_s") or 0.0)  # fmt: skip
             if bar:
                 bar[0].advance(bar[1])
 
