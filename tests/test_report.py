@@ -253,3 +253,19 @@ def test_degradation_findings_weigh_the_spread_over_seeds() -> None:
     assert "at depth 20 resnet-20 reaches a higher train loss than plain-20" in " ".join(
         _degradation(runs, higher)
     )
+
+
+def test_log_count_axis_shows_single_paths_on_the_floor() -> None:
+    import matplotlib.pyplot as plt
+
+    from skiplab.report.figures import _log_count_axis
+
+    fig, ax = plt.subplots()
+    ax.plot([4, 9, 14], [0.0, 0.0, 0.0])  # one path per level: log10(1) = 0
+    ax.axvline(0)  # not data: its y runs over the axes
+    _log_count_axis(ax)
+    assert ax.get_ylim() == (-0.3, 1.0)
+    ax.plot([1, 2], [0.0, 30.0])
+    _log_count_axis(ax)
+    assert ax.get_ylim()[1] == pytest.approx(30 * 1.08 + 0.1)
+    plt.close(fig)

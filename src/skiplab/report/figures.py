@@ -72,6 +72,14 @@ def _log10(n: int) -> float:
     return math.log10(n) if n > 0 else float("nan")  # exact for ints of any size
 
 
+def _log_count_axis(ax: Any) -> None:
+    """y from just below 0 (one path) to at least 1 (ten paths): single paths sit on the
+    floor of the plot, not on an axis zoomed to a few hundredths."""
+    data = [line for line in ax.get_lines() if line.get_transform() == ax.transData]
+    top = max((y for line in data for y in line.get_ydata() if math.isfinite(y)), default=0.0)
+    ax.set_ylim(-0.3, max(1.0, top * 1.08 + 0.1))
+
+
 # --------------------------------------------------------------------------- path spectra
 
 
@@ -87,7 +95,7 @@ def spectra_figure(spectra: dict[str, dict[str, Any]]) -> FigureImage:
         ax.set_ylabel("log10(number of paths)")
         ax.set_title("Path spectra: how many paths cross how many nonlinearities")
         ax.axvline(0, color="0.5", lw=0.8, ls=":")
-        ax.set_ylim(bottom=-0.3)
+        _log_count_axis(ax)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(loc="best")
 
@@ -108,7 +116,7 @@ def levels_figure(label: str, sp: dict[str, Any], slug: str) -> FigureImage:
             if ks:
                 ax.plot(ks, [_log10(counts[k]) for k in ks], marker="o", ms=5, lw=1.5, color=color(i),
                         label=str(lv.get("name", i)))  # fmt: skip
-        ax.set_ylim(bottom=-0.3)
+        _log_count_axis(ax)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("nonlinearities on the path")
         ax.set_ylabel("log10(number of paths)")
