@@ -261,9 +261,15 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path: Path) -> None:
     """A run killed with SIGKILL mid-epoch and resumed ends with the same weights, bit for bit,
     as an uninterrupted run (dropout shortcuts make the global RNG state matter too)."""
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(
-        [*TRAIN, "--out", str(full)], check=True, env=ENV, capture_output=True, timeout=300
-    )
+    first = subprocess.run(
+        [*TRAIN, "--out", str(full)], check=True, env=ENV, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    # Output to a pipe: no progress bar, a line per epoch instead.
+    epochs = [line for line in first.stderr.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epochs] == [f"epoch {i}/4" for i in range(1, 5)]
+    assert all("train_loss" in line and "img/s" in line for line in epochs)
+    assert "━" not in first.stdout + first.stderr
     proc = subprocess.Popen([*TRAIN, "--out", str(killed)], env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     metrics = killed / "metrics.jsonl"

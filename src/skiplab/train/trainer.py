@@ -509,11 +509,18 @@ def _tensorboard(out_dir: Path) -> Any:
 
 
 class _Progress:
-    """A rich progress bar per epoch (only when asked, on rank 0)."""
+    """A rich progress bar per epoch (only when asked, on rank 0) on a terminal; elsewhere
+    (a log file, CI), where a bar shows nothing until it stops, one log line per epoch."""
 
     def __init__(self, enabled: bool, epochs: int, steps: int, start: int) -> None:
         self.bar = None
+        self.lines = False
         if not enabled:
+            return
+        from rich.console import Console
+
+        if not Console().is_terminal:
+            self.lines, self.epochs = True, epochs
             return
         from rich.progress import (
             BarColumn,
@@ -534,10 +541,13 @@ class _Progress:
             self.bar.advance(self.task)
 
     def epoch_done(self, epoch: int, row: dict[str, Any]) -> None:
-        if self.bar is None:
-            return
         keys = [k for k in ("train_loss", "test_acc", "test_miou") if k in row]
         info = " ".join(f"{k} {row[k]:.4f}" for k in keys)
+        if self.lines:
+            log.info("epoch %d/%d: %s (%.1f s, %.0f img/s)", epoch + 1, self.epochs, info,
+                     row.get("time_s", 0.0), row.get("train_img_s", 0.0))  # fmt: skip
+        if self.bar is None:
+            return
         self.bar.update(self.task, description=f"epoch {epoch + 1}/{self.epochs}", info=info)
         if epoch + 1 < self.epochs:
             self.bar.reset(
