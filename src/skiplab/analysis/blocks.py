@@ -29,7 +29,8 @@ from ..models.blocks import ResidualUnit
 log = logging.getLogger(__name__)
 
 
-def _tv_types() -> tuple[type, ...]:
+def torchvision_unit_types() -> tuple[type, ...]:
+    """torchvision's residual units, ``(BasicBlock, Bottleneck)``."""
     try:
         from torchvision.models.resnet import BasicBlock, Bottleneck
     except ImportError:  # pragma: no cover - torchvision is a dependency
@@ -44,7 +45,7 @@ def unit_kind(module: nn.Module) -> str | None:
     None otherwise (other units follow the ``branch``/``shortcut`` protocol)."""
     if isinstance(module, ResidualUnit):
         return "skiplab" if type(module).forward is ResidualUnit.forward else None
-    tv = _tv_types()
+    tv = torchvision_unit_types()
     if isinstance(module, tv) and type(module).forward in [t.forward for t in tv]:
         return "torchvision"
     return None
@@ -54,7 +55,9 @@ def overrides_forward(module: nn.Module) -> bool:
     """A subclass of skiplab's or torchvision's units with a ``forward`` of its own: its
     paths cannot be read from its parts (even a wrapper that logs and calls
     ``super().forward`` is not known to compute what its parts say)."""
-    return isinstance(module, (ResidualUnit, *_tv_types())) and unit_kind(module) is None
+    return (
+        isinstance(module, (ResidualUnit, *torchvision_unit_types())) and unit_kind(module) is None
+    )
 
 
 def is_unit(module: nn.Module, include_plain: bool = False) -> bool:
@@ -65,7 +68,7 @@ def is_unit(module: nn.Module, include_plain: bool = False) -> bool:
         return include_plain or module.shortcut is not None
     if kind == "torchvision":
         return True
-    if isinstance(module, (ResidualUnit, *_tv_types())):  # with a forward of its own
+    if isinstance(module, (ResidualUnit, *torchvision_unit_types())):  # with a forward of its own
         return False
     return isinstance(getattr(module, "branch", None), nn.Module) and hasattr(module, "shortcut")
 
@@ -214,7 +217,7 @@ def find_units(
 
 
 def _overridden(module: nn.Module, what: str) -> str:
-    base = next(t for t in (ResidualUnit, *_tv_types()) if isinstance(module, t))
+    base = next(t for t in (ResidualUnit, *torchvision_unit_types()) if isinstance(module, t))
     return (
         f"{what}: {type(module).__name__} subclasses {base.__name__} but has a forward of its "
         "own, so skiplab cannot tell its paths from its parts; keep the base forward (log "

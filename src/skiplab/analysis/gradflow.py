@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import UnitView, _tv_types, find_units, run_model
+from .blocks import UnitView, find_units, run_model, torchvision_unit_types
 from .result import Result, new_axes
 
 log = logging.getLogger(__name__)
@@ -264,7 +264,7 @@ def _is_residual(unit: UnitView) -> bool:
     m = unit.module
     if hasattr(m, "shortcut"):
         return m.shortcut is not None
-    return isinstance(m, _tv_types())
+    return isinstance(m, torchvision_unit_types())
 
 
 def unit_grad_norms(model: nn.Module, units: Sequence[UnitView] | None = None) -> dict[str, float]:
