@@ -60,6 +60,7 @@ def test_preact_resnet110_odd_spectrum_and_until() -> None:
     r = path_spectrum(model, X8)
     assert r.counts == {1 + 2 * k: math.comb(54, k) for k in range(55)}
     assert r.min == 1 and r.has_linear_path is False
+    assert "every path crosses at least 1 nonlinearity\n" in r.summary()
     # Up to the last unit's output the identity path is purely linear (He et al. 2016).
     r = path_spectrum(model, X8, until="stages.2.17")
     assert r.end == "stages.2.17"

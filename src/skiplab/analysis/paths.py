@@ -270,7 +270,8 @@ class PathSpectrum(Result):
             f"max {self.max}, mean {self.mean:.2f}",
             "  a linear path exists (min 0)"
             if self.has_linear_path
-            else f"  no linear path: every path crosses at least {self.min} nonlinearities",
+            else f"  no linear path: every path crosses at least {self.min} "
+            f"nonlinearit{'y' if self.min == 1 else 'ies'}",
         ]
         if self.nonlinear_ops:
             kinds = ", ".join(f"{k} x{v}" for k, v in sorted(self.nonlinear_ops.items()))
