@@ -141,3 +141,16 @@ def test_units_are_any_input_output_maps(caplog: pytest.LogCaptureFixture) -> No
     h.remove()
     row = next(u for u in r.per_unit if u["name"] == "layer2.0")
     assert row["nlc"] == pytest.approx(nlc_of(tv.layer2[0], inputs[0]), rel=1e-10)
+
+
+def test_step_function_has_nlc_zero() -> None:
+    # round(x) has zero slope almost everywhere, yet its outputs vary: NLC = 0 (< 1 is as
+    # far from affine as > 1).
+    class Staircase(nn.Module):
+        def forward(self, x):  # noqa: ANN001, ANN201
+            return torch.round(3 * x)
+
+    x = torch.randn(64, 2, dtype=torch.float64)
+    r = nonlinearity_coefficient(Staircase(), x)
+    assert r.value == 0.0 and "below 1" in r.summary()
+    assert "below 1" not in nonlinearity_coefficient(nn.Linear(2, 2).double(), x).summary()

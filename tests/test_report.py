@@ -269,3 +269,22 @@ def test_log_count_axis_shows_single_paths_on_the_floor() -> None:
     _log_count_axis(ax)
     assert ax.get_ylim()[1] == pytest.approx(30 * 1.08 + 0.1)
     plt.close(fig)
+
+
+def test_nlc_findings_rank_by_distance_from_affine() -> None:
+    from skiplab.report.findings import nlc_findings
+
+    by_label = {
+        "flat": [{"value": 0.5, "per_unit": []}],
+        "near": [{"value": 1.05, "per_unit": [{"name": "u", "nlc": 1.0}]}],
+        "far": [{"value": 3.0, "per_unit": []}],
+    }
+    text, tables = nlc_findings(by_label)
+    # |log 0.5| = 0.69 < |log 3| = 1.1: "far" is the most nonlinear, "near" the most linear,
+    # although 0.5 is the smallest value.
+    assert "the most linear is near, the most nonlinear far" in text[0]
+    assert text[0].index("near 1.05") < text[0].index("flat 0.5") < text[0].index("far 3")
+    assert text[1].startswith("Below 1 (flat)")
+    assert len(tables[0].rows) == 3
+    text, _ = nlc_findings({"a": [{"value": 1.2, "per_unit": []}]})
+    assert len(text) == 1  # nothing below 1: no such sentence

@@ -118,6 +118,11 @@ class NLC(Result):
             f"nonlinearity coefficient {self.value:.4g} over {self.points} points "
             "(1 = affine; Philipp & Carbonell 2018)"
         ]
+        if self.value < 0.99:  # an affine map gives 1 up to rounding, so not "< 1"
+            lines.append(
+                "below 1: the outputs vary more across the points than the slopes at the "
+                "points account for (flat near the data, steep between): not affine either"
+            )
         vals = [r["nlc"] for r in self.per_unit if not math.isnan(r["nlc"])]
         if vals:
             lines.append(

@@ -876,13 +876,24 @@ def nlc_findings(by_label: dict[str, list[dict[str, Any]]]) -> tuple[list[str], 
         rows.append([label, sstr(vals.get(label)), num(statistics.fmean(units)) if units else "–",
                      num(max(units)) if units else "–"])  # fmt: skip
     out = []
+    vals = {k: v for k, v in vals.items() if v.mean > 0}
     if vals:
-        order = sorted(vals, key=lambda k: vals[k].mean)
+        # An affine map has NLC 1 exactly; a departure either way is nonlinearity, so nets
+        # are ranked by |log NLC| (0.5 is as far from affine as 2).
+        order = sorted(vals, key=lambda k: abs(math.log(vals[k].mean)))
         out.append(
             "Nonlinearity coefficient of the trained nets (1 = affine): "
             + ", ".join(f"{k} {vals[k]}" for k in order)
             + f"; the most linear is {order[0]}, the most nonlinear {order[-1]}."
         )
+        below = [k for k in order if vals[k].mean < 0.99]
+        if below:
+            out.append(
+                f"Below 1 ({', '.join(below)}): the outputs vary more across the points than "
+                "the slopes at the points account for: the net is flat near the data and steep "
+                "between (as a trained classifier can be); like a value above 1, it means the "
+                "net is far from affine over the data."
+            )
     table = Table(["model", "NLC", "mean unit NLC", "max unit NLC"], rows,
                   "Nonlinearity coefficient (Philipp & Carbonell 2018).")  # fmt: skip
     return out, [table]
