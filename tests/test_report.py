@@ -288,3 +288,29 @@ def test_nlc_findings_rank_by_distance_from_affine() -> None:
     assert len(tables[0].rows) == 3
     text, _ = nlc_findings({"a": [{"value": 1.2, "per_unit": []}]})
     assert len(text) == 1  # nothing below 1: no such sentence
+
+
+def test_lesion_findings_compare_each_seed_with_its_own_intact_net() -> None:
+    from skiplab.report.findings import lesion_findings
+
+    def res(base: float, singles: list[float], metric: str = "accuracy") -> dict:
+        return {"metric": metric, "baseline": base, "random_k": [],
+                "single": [{"name": f"u{i}", "metric": m} for i, m in enumerate(singles)]}  # fmt: skip
+
+    # Seeds far apart: seed 0's deletions against the mean intact accuracy (0.7) would look
+    # like a gain; against its own (0.9) they cost 5.6%, and seed 1's 6%.
+    text, tables = lesion_findings(
+        {"net": [res(0.9, [0.85, 0.88, 0.2]), res(0.5, [0.45, 0.48, 0.47])]}, {}
+    )
+    assert "worst 0.2, u2" in text[0]
+    assert text[1] == (
+        "net tolerates single deletions (5.78% median relative drop), as Veit et al. 2016 "
+        "report for ResNets."
+    )
+    assert tables[0].rows[0][3] == "0.66 ± 0.27"  # median per seed: 0.85 and 0.47
+    # A loss: higher is worse.
+    text, _ = lesion_findings({"net": [res(0.3, [0.35, 0.6, 0.9], "loss")]}, {})
+    assert "worst 0.9, u2" in text[0]
+    assert "raises its loss by 100% (median)" in text[1]
+    text, _ = lesion_findings({"net": [res(0.3, [0.2, 0.25, 0.3], "loss")]}, {})
+    assert "does not raise the loss of net (median change -16.7%)" in text[1]

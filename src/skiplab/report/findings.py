@@ -305,10 +305,12 @@ def paths_findings(spec: dict[str, dict[str, Any]]) -> tuple[list[str], list[Tab
         if len(mins) >= 2:
             increasing = all(a < b for a, b in zip(mins, mins[1:], strict=False))
             seq = ", ".join(str(v) for v in mins)
+            single = all(int(lv.get("total") or 0) <= 1 for lv in levels)
             if increasing:
                 out.append(
-                    f"In {k} the paths through the long skips cross {seq} nonlinearities, top level "
-                    "first: paths of increasing nonlinearity, with the fewest through the top skip."
+                    f"In {k} the {'' if single else 'shortest '}paths through the long skips "
+                    f"cross {seq} nonlinearities, top level first: paths of increasing "
+                    "nonlinearity, with the fewest through the top skip."
                 )
             else:
                 out.append(
@@ -663,42 +665,62 @@ def identity_findings(res: dict[str, Any]) -> tuple[list[str], list[Table]]:
 def lesion_findings(
     by_label: dict[str, list[dict[str, Any]]], skipped: dict[str, str]
 ) -> tuple[list[str], list[Table]]:
+    """Veit et al. 2016 (Fig. 3): what deleting one unit costs. Each seed's deletions are
+    measured against that seed's intact net; for ``metric="loss"`` higher is worse."""
     rows = []
     out = []
     for label, results in by_label.items():
-        res = results[0]
-        base = stat([x.get("baseline") for x in results])
-        single = [s["metric"] for s in res.get("single") or [] if s.get("metric") is not None]
-        if not single or base is None:
+        seeds = [
+            x for x in results
+            if x.get("baseline") is not None and any(r.get("metric") is not None for r in x.get("single") or [])
+        ]  # fmt: skip
+        if not seeds:
             continue
-        med = statistics.median(single)
-        worst = min(res["single"], key=lambda s: s["metric"])
-        ks = res.get("random_k") or []
-        rows.append([label, res.get("metric", ""), sstr(base), num(med), f"{num(worst['metric'])} ({worst['name']})",
+        metric = seeds[0].get("metric") or "metric"
+        loss = metric == "loss"  # lower is better
+        base = stat([x["baseline"] for x in seeds])
+        meds = [statistics.median(r["metric"] for r in x["single"] if r.get("metric") is not None)
+                for x in seeds]  # fmt: skip
+        med = stat(meds)
+        singles = [r for x in seeds for r in x["single"] if r.get("metric") is not None]
+        worst = (max if loss else min)(singles, key=lambda r: r["metric"])
+        # the relative harm of one deletion, per seed: a fall in accuracy, a rise in loss
+        harms = [
+            ((m - x["baseline"]) if loss else (x["baseline"] - m)) / abs(x["baseline"])
+            for x, m in zip(seeds, meds, strict=True)
+            if x["baseline"]
+        ]
+        ks = seeds[0].get("random_k") or []
+        rows.append([label, metric, sstr(base), sstr(med), f"{num(worst['metric'])} ({worst['name']})",
                      ", ".join(f"k={k['k']}: {num(k['mean'])}" for k in ks[:6])])  # fmt: skip
-        drop = base.mean - med
         out.append(
-            f"Deleting one unit of {label} changes its {res.get('metric', 'metric')} from "
-            f"{num(base.mean)} to a median of {num(med)} (worst {num(worst['metric'])}, {worst['name']})."
+            f"Deleting one unit of {label} changes its {metric} from {base} to a median of {med} "
+            f"(worst {num(worst['metric'])}, {worst['name']})."
         )
-        if base.mean > 0:
-            rel = drop / base.mean
-            if rel <= 0:
-                out.append(
-                    f"Deleting a single unit does not lower the {res.get('metric', 'metric')} of {label} "
-                    f"(median change {'none' if rel == 0 else '+' + pct(-rel)}), as Veit et al. 2016 "
-                    "report for ResNets."
-                )
-            elif rel < 0.25:
-                out.append(
-                    f"{label} tolerates single deletions ({pct(rel)} median relative drop), as "
-                    "Veit et al. 2016 report for ResNets."
-                )
-            else:
-                out.append(
-                    f"Contrary to Veit et al. 2016, deleting a single unit of {label} costs "
-                    f"{pct(rel)} of its {res.get('metric', 'metric')} (median)."
-                )
+        if not harms:
+            continue
+        rel = statistics.fmean(harms)
+        if rel <= 0:
+            change = "none" if rel == 0 else ("-" if loss else "+") + pct(-rel)
+            out.append(
+                f"Deleting a single unit does not {'raise' if loss else 'lower'} the {metric} of "
+                f"{label} (median change {change}), as Veit et al. 2016 report for ResNets."
+            )
+        elif rel < 0.25:
+            out.append(
+                f"{label} tolerates single deletions ({pct(rel)} median relative "
+                f"{'rise' if loss else 'drop'}), as Veit et al. 2016 report for ResNets."
+            )
+        elif loss:
+            out.append(
+                f"Contrary to Veit et al. 2016, deleting a single unit of {label} raises its loss "
+                f"by {pct(rel)} (median)."
+            )
+        else:
+            out.append(
+                f"Contrary to Veit et al. 2016, deleting a single unit of {label} costs "
+                f"{pct(rel)} of its {metric} (median)."
+            )
     for label, why in skipped.items():
         out.append(f"{label}: no lesion ({why.split(';')[0]}).")
     table = Table(["model", "metric", "intact", "median, 1 unit deleted", "worst", "k random units deleted"],
