@@ -914,7 +914,7 @@ def nlc_findings(by_label: dict[str, list[dict[str, Any]]]) -> tuple[list[str], 
                 f"Below 1 ({', '.join(below)}): the outputs vary more across the points than "
                 "the slopes at the points account for: the net is flat near the data and steep "
                 "between (as a trained classifier can be); like a value above 1, it means the "
-                "net is far from affine over the data."
+                "net is not affine over the data."
             )
     table = Table(["model", "NLC", "mean unit NLC", "max unit NLC"], rows,
                   "Nonlinearity coefficient (Philipp & Carbonell 2018).")  # fmt: skip
