@@ -314,3 +314,18 @@ def test_lesion_findings_compare_each_seed_with_its_own_intact_net() -> None:
     assert "raises its loss by 100% (median)" in text[1]
     text, _ = lesion_findings({"net": [res(0.3, [0.2, 0.25, 0.3], "loss")]}, {})
     assert "does not raise the loss of net (median change -16.7%)" in text[1]
+
+
+def test_pathgrad_findings_average_the_seeds() -> None:
+    from skiplab.report.findings import pathgrad_findings
+
+    def res(share: list[float]) -> dict:
+        return {"units": ["a", "b", "c", "d"], "norm_share": share, "grad_norm": 1.0}
+
+    # Seed 0 peaks at length 0, seed 1 at length 2; their mean (0.275, 0.45, 0.275) at 1.
+    seeds = [res([0.5, 0.45, 0.05, 0.0, 0.0]), res([0.05, 0.45, 0.5, 0.0, 0.0])]
+    text, tables = pathgrad_findings({"net": seeds})
+    assert "the largest share comes from length 1" in text[0]
+    assert tables[0].rows[0][3] == "1"
+    text, _ = pathgrad_findings({"net": seeds[:1]})
+    assert "the largest share comes from length 0" in text[0]

@@ -215,14 +215,13 @@ def gradflow_figure(by_phase: dict[str, dict[str, list[dict[str, Any]]]]) -> Fig
 
 
 def pathgrad_figure(by_label: dict[str, list[dict[str, Any]]]) -> FigureImage:
-    from .findings import gradient_share, path_counts
+    from .findings import mean_share, path_counts
 
     def draw(fig: Figure) -> None:
         ax = fig.add_subplot()
         for i, (label, results) in enumerate(by_label.items()):
-            res = results[0]
-            share = gradient_share(res)
-            counts = path_counts(res)
+            share = mean_share(results)  # over seeds
+            counts = path_counts(results[0])
             if not share or not counts:
                 continue
             u = len(counts) - 1

@@ -567,6 +567,13 @@ def gradient_share(res: dict[str, Any]) -> list[float]:
     return share[: k + 1] if isinstance(k, int) else share
 
 
+def mean_share(results: list[dict[str, Any]]) -> list[float]:
+    """``gradient_share`` averaged over seeds (those with as many lengths as the first)."""
+    shares = [gradient_share(x) for x in results]
+    shares = [x for x in shares if x and len(x) == len(shares[0])]
+    return [statistics.fmean(col) for col in zip(*shares, strict=True)] if shares else []
+
+
 def path_counts(res: dict[str, Any]) -> list[int]:
     """C(U, k) for k = 0..U, U = the number of units (also for a ``max_length`` split)."""
     u = len(res.get("units") or []) or len(res.get("counts") or []) - 1
@@ -578,7 +585,7 @@ def pathgrad_findings(by_label: dict[str, list[dict[str, Any]]]) -> tuple[list[s
     out = []
     for label, results in by_label.items():
         res = results[0]
-        share = gradient_share(res)
+        share = mean_share(results)
         counts = path_counts(res)
         if not share or not counts:
             continue
