@@ -162,3 +162,84 @@ def test_analyze_checkpoint_on_other_data(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output  # before: unknown option 'test_size'
     assert "trained" in json.loads((tmp_path / "p" / "result.json").read_text())["target"]
+
+
+MYNET = """
+from torch import nn
+
+
+class Unit(nn.Module):  # the branch/shortcut protocol: out = x + branch(x)
+    def __init__(self, c):
+        super().__init__()
+        self.branch = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
+                                    nn.Conv2d(c, c, 3, padding=1))
+        self.shortcut = None
+
+    def forward(self, x):
+        return x + self.branch(x)
+
+
+def build(width=4, units=3):
+    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), *[Unit(width) for _ in range(units)],
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10))
+
+
+instance = build()
+number = 3
+
+
+def not_a_model():
+    return 3
+"""
+
+
+@pytest.fixture
+def mynet(tmp_path: Path, monkeypatch):
+    """A user's model file in the working directory (not on sys.path: the CLI looks there)."""
+    import sys
+
+    (tmp_path / "mynet.py").write_text(MYNET)
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+    sys.modules.pop("mynet", None)
+
+
+def test_analyze_a_users_model_from_module_and_factory(mynet: Path) -> None:
+    # `module:factory`, imported from the working directory, called with the options.
+    import math
+
+    tmp_path = mynet
+    res = runner.invoke(app, ["analyze", "paths", "mynet:build", "--units", "5"])
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "analyses" / "paths-mynet_build" / "result.json").read_text())
+    # 5 units, one ReLU per branch, identity shortcuts: C(5, k) paths with k ReLUs
+    assert {int(k): v for k, v in r["counts"].items()} == {k: math.comb(5, k) for k in range(6)}
+    res = runner.invoke(app, ["analyze", "pathgrad", "mynet:instance", "--batch", "2"])
+    assert res.exit_code == 0, res.output
+    # torchvision's own class: resnet18, 8 basic blocks, stem ReLU + max-pool, a ReLU after
+    # every addition: C(8, k) paths with 10 + k nonlinearities
+    res = runner.invoke(app, ["analyze", "paths", "torchvision.models:resnet18", "--data",
+                              "random", "--num-classes", "10"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    r = json.loads(next((tmp_path / "analyses").glob("paths-torchvision*/result.json")).read_text())
+    assert {int(k): v for k, v in r["counts"].items()} == {
+        10 + k: math.comb(8, k) for k in range(9)
+    }
+
+
+@pytest.mark.parametrize(
+    ("target", "extra", "needle"),
+    [
+        ("nosuchmodule:build", [], "cannot import 'nosuchmodule'"),
+        ("mynet:nothing", [], "'mynet' has no 'nothing'"),
+        ("mynet:number", [], "not a model factory to call (its type is int)"),
+        ("mynet:not_a_model", [], "must return a torch nn.Module; it returned type int"),
+        ("mynet:build", ["--depth", "3"], "mynet:build(depth=3) failed"),
+        ("mynet:instance", ["--width", "3"], "a module instance, not a factory"),
+    ],
+)
+def test_analyze_a_users_model_bad_input(mynet: Path, target, extra, needle) -> None:
+    tmp_path = mynet
+    res = runner.invoke(app, ["analyze", "paths", target, *extra])
+    assert res.exit_code == 2 and needle in res.stderr, res.output
+    assert "Traceback" not in res.output and not (tmp_path / "analyses").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -309,9 +310,75 @@ def _load_for_analysis(
         return model, dataset, f"{meta.get('model')} (trained, {path})", name
     name = data or ("shapes" if target == "unet" else "digits")
     dataset = load_dataset(name, data_dir=data_dir)
-    options = {**data_options(target, dataset.input_shape, dataset.num_classes), **options}
     torch.manual_seed(seed)
+    if _is_import(target):  # the user's own model: options go to its factory unchanged
+        return _import_model(target, options), dataset, f"{target} (initialisation)", name
+    options = {**data_options(target, dataset.input_shape, dataset.num_classes), **options}
     return create_model(target, **options), dataset, f"{target} (initialisation)", name
+
+
+_IMPORT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def _is_import(target: str) -> bool:
+    """``package.module:factory``: a model built by the user's own code."""
+    return bool(_IMPORT.match(target)) and not Path(target).exists()
+
+
+def _import_model(target: str, options: dict[str, Any]) -> Any:
+    """Import ``module:factory`` (from the working directory too, as ``python -c`` would)
+    and call the factory with the model options; it must return an ``nn.Module``."""
+    import importlib
+
+    from torch import nn
+
+    module_name, _, attr = target.partition(":")
+    cwd = os.getcwd()
+    sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name and module_name.startswith(err.name):
+            raise ValueError(
+                f"cannot import {module_name!r} for {target}: no such module here; run from "
+                f"the folder that holds {module_name.split('.')[0]}.py, or install its package"
+            ) from None
+        raise ValueError(f"importing {module_name!r} for {target} failed: {err}") from None
+    except Exception as err:  # noqa: BLE001 - the user's module: say what broke, no traceback
+        raise ValueError(
+            f"importing {module_name!r} for {target} failed: {type(err).__name__}: {err}"
+        ) from None
+    finally:
+        sys.path.remove(cwd)
+    factory: Any = module
+    for part in attr.split("."):
+        if not hasattr(factory, part):
+            public = sorted(n for n in dir(module) if not n.startswith("_"))[:12]
+            raise ValueError(
+                f"{module_name!r} has no {attr!r} (for {target}); it has: {', '.join(public)}"
+            )
+        factory = getattr(factory, part)
+    if isinstance(factory, nn.Module):
+        if options:
+            raise ValueError(f"{target} is a module instance, not a factory: it takes no options")
+        return factory
+    if not callable(factory):
+        raise ValueError(
+            f"{target} is not a model factory to call (its type is {type(factory).__name__})"
+        )
+    try:
+        model = factory(**options)
+    except TypeError as err:
+        raise ValueError(f"{target}({_kwargs(options)}) failed: {err}") from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(
+            f"{target}() must return a torch nn.Module; it returned type {type(model).__name__}"
+        )
+    return model
+
+
+def _kwargs(options: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in options.items())
 
 
 def _is_run(target: str | None) -> bool:
@@ -365,7 +432,7 @@ def _analysis_out(out: Path | None, kind: str, target: str | None) -> Path:
         if _is_run(target):  # a run's model.safetensors / checkpoint.safetensors: the run's name
             path = _run_file(target).resolve()  # type: ignore[arg-type]
             name = path.parent.name if path.stem in ("model", "checkpoint") else path.stem
-        out = Path("analyses") / f"{kind}-{name}".replace(",", "_")
+        out = Path("analyses") / f"{kind}-{name}".replace(",", "_").replace(":", "_")
     for p in (out, *out.parents):
         if p.exists():
             if not p.is_dir():
