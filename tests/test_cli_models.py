@@ -47,6 +47,24 @@ def test_summary_with_options() -> None:
     assert json.loads(result.stdout)["output_shape"] == [2, 64, 64]
 
 
+def test_summary_of_any_model_by_module_and_factory() -> None:
+    # torchvision's own ResNet-50: 16 bottlenecks, 4 with a projection (the first of each
+    # stage), ReLU after each addition; 25,557,032 parameters, 4.09 GMACs at 224x224.
+    result = runner.invoke(app, ["summary", "torchvision.models:resnet50", "--input-size",
+                                 "3,224,224", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.stdout)
+    assert s["params"] == 25_557_032 and s["output_shape"] == [1000]
+    assert s["units"] == 16 and s["shortcuts"] == {"projection": 4, "identity": 12}
+    assert s["placements"] == {"original": 16}
+    assert 4.0e9 < s["macs"] < 4.2e9
+    result = runner.invoke(app, ["summary", "torchvision.models:resnet18", "--num-classes", "7",
+                                 "--input-size", "3,32,32", "--json"])  # fmt: skip
+    assert json.loads(result.stdout)["output_shape"] == [7]
+    result = runner.invoke(app, ["summary", "torchvision.models:resnet18"])
+    assert result.exit_code == 2 and "give --input-size C,H,W" in result.stderr
+
+
 def test_parse_options() -> None:
     assert parse_options(["--gate-bias", "-6", "--branch-scale=rezero", "--width", "0.5"]) == {
         "gate_bias": -6, "branch_scale": "rezero", "width": 0.5}  # fmt: skip

@@ -151,7 +151,7 @@ def models_cmd(
 @user_errors
 def summary_cmd(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="model name, e.g. resnet-20"),
+    name: str = typer.Argument(..., help="model name (e.g. resnet-20) or MODULE:FACTORY"),
     input_size: str = typer.Option(None, "--input-size", help="C,H,W (or H) for the MAC count"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
@@ -159,10 +159,13 @@ def summary_cmd(
     from .models import create_model, summarize
 
     options = parse_options(ctx.args)
-    model = create_model(name, **options)
+    model = _import_model(name, options) if _is_import(name) else create_model(name, **options)
     shape = parse_shape(input_size)
-    if shape is not None and len(shape) == 1 and len(model.example_input_shape) == 3:
-        shape = (model.example_input_shape[0], shape[0], shape[0])
+    example = getattr(model, "example_input_shape", None)
+    if shape is not None and len(shape) == 1 and example is not None and len(example) == 3:
+        shape = (example[0], shape[0], shape[0])
+    if shape is None and example is None:
+        raise ValueError(f"{name} does not say what input it takes; give --input-size C,H,W")
     s = summarize(model, shape)
     if as_json:
         print(json.dumps({"name": name, "options": options, **s.to_dict()}))

@@ -60,6 +60,19 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> M
         except RuntimeError as err:
             raise ValueError(f"invalid input_shape={input_shape} for this model: {err}") from None
     units = [m for m in model.modules() if isinstance(m, ResidualUnit)]
+    shortcuts = Counter(u.shortcut_kind for u in units)
+    placements = Counter(u.placement for u in units)
+    if not units:  # torchvision's blocks, or units of the branch/shortcut protocol
+        from ..analysis.blocks import find_units, unit_kind  # analysis builds on models
+
+        for view in find_units(model, required=False):
+            m = view.module
+            if unit_kind(m) == "torchvision":  # He et al. 2015: ReLU after the addition
+                shortcuts["identity" if m.downsample is None else "projection"] += 1
+                placements["original"] += 1
+            else:
+                shortcuts["identity" if m.shortcut is None else type(m.shortcut).__name__] += 1
+            units.append(m)
     return ModelSummary(
         params=sum(p.numel() for p in model.parameters()),
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -67,6 +80,6 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> M
         output_shape=tuple(out.shape[1:]),
         macs=counter.get_total_flops() // 2,
         units=len(units),
-        shortcuts=dict(Counter(u.shortcut_kind for u in units)),
-        placements=dict(Counter(u.placement for u in units)),
+        shortcuts=dict(shortcuts),
+        placements=dict(placements),
     )
