@@ -329,3 +329,17 @@ def test_pathgrad_findings_average_the_seeds() -> None:
     assert tables[0].rows[0][3] == "1"
     text, _ = pathgrad_findings({"net": seeds[:1]})
     assert "the largest share comes from length 0" in text[0]
+
+
+def test_lesion_figure_averages_the_seeds() -> None:
+    from skiplab.report.figures import _mean_std, lesion_figure
+
+    assert _mean_std([[1.0, 0.0], [3.0, 0.0]]) == ([2.0, 0.0], [1.0, 0.0])
+
+    def res(base: float, singles: list[float], k_mean: float) -> dict:
+        return {"metric": "accuracy", "baseline": base,
+                "single": [{"name": f"u{i}", "metric": m} for i, m in enumerate(singles)],
+                "random_k": [{"k": 2, "mean": k_mean, "std": 0.1}]}  # fmt: skip
+
+    fig = lesion_figure({"net": [res(0.9, [0.8, 0.7], 0.5), res(0.7, [0.6, 0.5], 0.3)]})
+    assert fig.png.startswith(b"\x89PNG") and "mean over seeds" in fig.caption

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import io
 import math
+import statistics
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -272,24 +274,39 @@ def identity_figure(res: dict[str, Any]) -> FigureImage:
 
 
 def lesion_figure(by_label: dict[str, list[dict[str, Any]]]) -> FigureImage:
+    """Veit et al. 2016, Figs. 3-4, mean over seeds: the metric per deleted unit (band:
+    ±1 std over seeds) and after k random deletions (bars: ±1 std over seeds and draws)."""
+
     def draw(fig: Figure) -> None:
         a1, a2 = fig.subplots(1, 2)
         for i, (label, results) in enumerate(by_label.items()):
-            res = results[0]
-            single = [s.get("metric") for s in res.get("single") or []]
-            a1.plot(
-                range(1, len(single) + 1),
-                single,
-                marker="o",
-                ms=2.5,
-                lw=1.2,
-                color=color(i),
-                label=label,
-            )
-            a1.axhline(res.get("baseline", float("nan")), color=color(i), lw=0.8, ls=":")
-            ks = res.get("random_k") or []
-            a2.errorbar([k["k"] for k in ks], [k["mean"] for k in ks], yerr=[k.get("std") or 0 for k in ks],
-                        marker="o", ms=3, lw=1.4, capsize=2, color=color(i), label=label)  # fmt: skip
+            singles = [[s.get("metric") for s in r.get("single") or []] for r in results]
+            singles = [x for x in singles if x and len(x) == len(singles[0]) and None not in x]
+            if singles:
+                mean, std = _mean_std(singles)
+                units = range(1, len(mean) + 1)
+                a1.plot(units, mean, marker="o", ms=2.5, lw=1.2, color=color(i), label=label)
+                if len(singles) > 1:
+                    a1.fill_between(units, [m - d for m, d in zip(mean, std, strict=True)],
+                                    [m + d for m, d in zip(mean, std, strict=True)],
+                                    color=color(i), alpha=0.15, lw=0)  # fmt: skip
+            base = [r["baseline"] for r in results if r.get("baseline") is not None]
+            if base:
+                a1.axhline(statistics.fmean(base), color=color(i), lw=0.8, ls=":")
+            by_k: dict[int, list[dict[str, Any]]] = defaultdict(list)
+            for r in results:
+                for k in r.get("random_k") or []:
+                    by_k[int(k["k"])].append(k)
+            ks = sorted(by_k)
+            means = [statistics.fmean(x["mean"] for x in by_k[k]) for k in ks]
+            # total variance: within the draws of a seed, plus between the seeds' means
+            errs = [
+                math.sqrt(statistics.fmean((x.get("std") or 0.0) ** 2 for x in by_k[k])
+                          + statistics.pvariance([x["mean"] for x in by_k[k]]))
+                for k in ks
+            ]  # fmt: skip
+            a2.errorbar(ks, means, yerr=errs, marker="o", ms=3, lw=1.4, capsize=2, color=color(i),
+                        label=label)  # fmt: skip
         metric = next(iter(by_label.values()))[0].get("metric", "metric")
         a1.set_xlabel("deleted unit")
         a1.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -301,8 +318,14 @@ def lesion_figure(by_label: dict[str, list[dict[str, Any]]]) -> FigureImage:
         a2.set_title("k units deleted")
         a2.legend(loc="best")
 
-    return render("lesions", "Lesions: the metric after deleting residual branches (Veit et al. 2016, Figs. 3-4).",
-                  draw, (8.0, 3.3))  # fmt: skip
+    return render("lesions", "Lesions: the metric after deleting residual branches (Veit et al. 2016, "
+                  "Figs. 3-4), mean over seeds; band and bars: ±1 std.", draw, (8.0, 3.3))  # fmt: skip
+
+
+def _mean_std(rows: list[list[float]]) -> tuple[list[float], list[float]]:
+    """Column means and population stds of equally long rows (one row per seed)."""
+    cols = list(zip(*rows, strict=True))
+    return [statistics.fmean(c) for c in cols], [statistics.pstdev(c) for c in cols]
 
 
 # --------------------------------------------------------------------------- shattered
