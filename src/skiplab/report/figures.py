@@ -408,7 +408,7 @@ def landscape_figure(by_label: dict[str, list[dict[str, Any]]]) -> FigureImage:
             ax.set_visible(False)
 
     return render("landscapes", "Loss landscapes around the trained weights (filter-normalised random directions, "
-                  "Li et al. 2018; red star: trained model).", draw, (3.6 * cols + 0.4, 3.2 * rows))  # fmt: skip
+                  "Li et al. 2018; red star: trained model; first seed: each seed has its own directions).", draw, (3.6 * cols + 0.4, 3.2 * rows))  # fmt: skip
 
 
 def nlc_figure(by_label: dict[str, list[dict[str, Any]]]) -> FigureImage:
