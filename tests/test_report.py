@@ -4,6 +4,7 @@ rendered in headless Chromium."""
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import subprocess
@@ -343,3 +344,14 @@ def test_lesion_figure_averages_the_seeds() -> None:
 
     fig = lesion_figure({"net": [res(0.9, [0.8, 0.7], 0.5), res(0.7, [0.6, 0.5], 0.3)]})
     assert fig.png.startswith(b"\x89PNG") and "mean over seeds" in fig.caption
+
+
+def test_gradflow_figure_takes_the_geometric_mean_over_seeds() -> None:
+    from skiplab.report.figures import _geometric_mean_norms, gradflow_figure
+
+    seeds = [{"units": [{"grad_norm": 1e-4}, {"grad_norm": 2.0}]},
+             {"units": [{"grad_norm": 1e-2}, {"grad_norm": None}]}]  # fmt: skip
+    g = _geometric_mean_norms(seeds)
+    assert g[0] == pytest.approx(1e-3) and math.isnan(g[1])
+    fig = gradflow_figure({"init": {"net": seeds}})
+    assert fig.png.startswith(b"\x89PNG") and "geometric mean over seeds" in fig.caption

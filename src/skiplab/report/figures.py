@@ -197,8 +197,7 @@ def gradflow_figure(by_phase: dict[str, dict[str, list[dict[str, Any]]]]) -> Fig
         axes = fig.subplots(1, len(phases), squeeze=False)[0]
         for ax, phase in zip(axes, phases, strict=True):
             for i, (label, results) in enumerate(by_phase[phase].items()):
-                units = results[0].get("units") or []
-                g = [u.get("grad_norm") or float("nan") for u in units]
+                g = _geometric_mean_norms(results)
                 ax.plot(
                     range(1, len(g) + 1), g, marker="o", ms=2.5, lw=1.4, color=color(i), label=label
                 )
@@ -209,8 +208,22 @@ def gradflow_figure(by_phase: dict[str, dict[str, list[dict[str, Any]]]]) -> Fig
             ax.set_title("at initialisation" if phase == "init" else "after training")
         axes[-1].legend(loc="best")
 
-    return render("gradient-flow", "Gradient norm at each unit's output (first seed).", draw,
-                  (4.0 * len(phases) + 0.5, 3.3))  # fmt: skip
+    return render("gradient-flow", "Gradient norm at each unit's output (geometric mean over seeds).",
+                  draw, (4.0 * len(phases) + 0.5, 3.3))  # fmt: skip
+
+
+def _geometric_mean_norms(results: list[dict[str, Any]]) -> list[float]:
+    """Per unit, the geometric mean over seeds of the gradient norms (they span decades,
+    and the axis is logarithmic); NaN where a seed has none."""
+    rows = [[u.get("grad_norm") for u in r.get("units") or []] for r in results]
+    rows = [x for x in rows if x and len(x) == len(rows[0])]
+    out = []
+    for col in zip(*rows, strict=True):
+        if any(v is None or not v > 0 for v in col):
+            out.append(float("nan"))
+        else:
+            out.append(math.exp(statistics.fmean(math.log(v) for v in col)))
+    return out
 
 
 # --------------------------------------------------------------------------- path gradients
