@@ -67,6 +67,7 @@ def test_analyze_kinds(tmp_path: Path, args: list[str], check) -> None:
         (["shattered", "mlp", "--batch", "3"], "--batch is for gradflow, pathgrad,"),
         (["paths", "resnet-8", "--steps", "3"], "--steps is for landscape, identity, not paths"),
         (["identity", "mlp", "--data", "shapes"], "--data is for paths,"),
+        (["identity", "mlp", "--data-option", "size=8"], "--data-option is for paths,"),
         (["gradflow", "resnet-8", "--batch", "0"], "invalid --batch 0: must be at least 1"),
         (["nlc", "resnet-8", "--batch", "1"], "must be at least 2"),
         (["shattered", "mlp", "--depths", "4,x"], "invalid --depths '4,x'"),
@@ -225,6 +226,15 @@ def test_analyze_a_users_model_from_module_and_factory(mynet: Path) -> None:
     assert {int(k): v for k, v in r["counts"].items()} == {
         10 + k: math.comb(8, k) for k in range(9)
     }
+    # Data of the shape a model takes: noise images via --data-option.
+    res = runner.invoke(app, ["analyze", "gradflow", "mynet:build", "--data", "random",
+                              "--data-option", "channels=1", "--data-option", "size=12",
+                              "--batch", "3", "--out", "gf"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "gf" / "result.json").read_text())
+    assert r["invocation"]["data_option"] == ["channels=1", "size=12"] and len(r["units"]) == 3
+    res = runner.invoke(app, ["analyze", "gradflow", "mynet:build", "--data", "random"])
+    assert res.exit_code == 2 and "--data-option channels=C" in res.stderr
 
 
 @pytest.mark.parametrize(
@@ -236,6 +246,8 @@ def test_analyze_a_users_model_from_module_and_factory(mynet: Path) -> None:
         ("mynet:not_a_model", [], "must return a torch nn.Module; it returned type int"),
         ("mynet:build", ["--depth", "3"], "mynet:build(depth=3) failed"),
         ("mynet:instance", ["--width", "3"], "a module instance, not a factory"),
+        ("mynet:build", ["--data-option", "bogus=1"], "unknown option 'bogus' for data set"),
+        ("mynet:build", ["--data-option", "size"], "invalid --data-option 'size': use KEY=VALUE"),
     ],
 )
 def test_analyze_a_users_model_bad_input(mynet: Path, target, extra, needle) -> None:

@@ -273,7 +273,7 @@ def train_cmd(
 
 ANALYSES = ("paths", "gradflow", "pathgrad", "lesion", "identity", "shattered", "landscape", "nlc")
 # The options of `skiplab analyze` each kind reads; any other one would be silently ignored.
-_DATA = ("data", "data_dir")
+_DATA = ("data", "data_dir", "data_option")
 ANALYZE_OPTIONS: dict[str, tuple[str, ...]] = {
     "paths": (*_DATA, "until", "blocks"),
     "gradflow": (*_DATA, "batch", "blocks"),
@@ -287,10 +287,17 @@ ANALYZE_OPTIONS: dict[str, tuple[str, ...]] = {
 
 
 def _load_for_analysis(
-    target: str, options: dict[str, Any], data: str | None, data_dir: Path | None, seed: int
+    target: str,
+    options: dict[str, Any],
+    data: str | None,
+    data_dir: Path | None,
+    seed: int,
+    data_opts: dict[str, Any] | None = None,
 ) -> tuple[Any, Any, str, str]:
-    """(model, data set, label, data set name) for an analysis of a registry name or a
-    run's weights file."""
+    """(model, data set, label, data set name) for an analysis of a registry name, a
+    ``MODULE:FACTORY`` or a run's weights file; ``data_opts`` (``--data-option``) go to
+    the data set, over a run's own."""
+    data_opts = data_opts or {}
     import torch
 
     from .data import load_dataset
@@ -309,10 +316,10 @@ def _load_for_analysis(
         name = data or own
         # The run's data options (e.g. a subset size) belong to its own data set only.
         extra = (meta.get("data_options") or {}) if name == own else {}
-        dataset = load_dataset(name, data_dir=data_dir, **extra)
+        dataset = load_dataset(name, data_dir=data_dir, **{**extra, **data_opts})
         return model, dataset, f"{meta.get('model')} (trained, {path})", name
     name = data or ("shapes" if target == "unet" else "digits")
-    dataset = load_dataset(name, data_dir=data_dir)
+    dataset = load_dataset(name, data_dir=data_dir, **data_opts)
     torch.manual_seed(seed)
     if _is_import(target):  # the user's own model: options go to its factory unchanged
         return _import_model(target, options), dataset, f"{target} (initialisation)", name
@@ -410,7 +417,8 @@ def _check_fit(model: Any, x: Any, y: Any, label: str, data: str, trained: bool)
         "choose a --data set like the one the run trained on"
         if trained
         else "drop model options such as --in-channels that set another input, or choose a "
-        "--data set that fits the model"
+        "--data set that fits the model (--data random --data-option size=S "
+        "--data-option channels=C: noise of any shape)"
     )
     try:
         with torch.no_grad():
@@ -493,6 +501,9 @@ def analyze_cmd(
         None, "--data", help="data set for the batch (default: the run's, or digits)"
     ),
     data_dir: Path = typer.Option(None, "--data-dir"),
+    data_option: list[str] = typer.Option(
+        None, "--data-option", help="data set option KEY=VALUE, repeatable (e.g. size=64)"
+    ),
     out: Path = typer.Option(
         None, "--out", help="output folder (default analyses/KIND-NAME, NAME the model or run)"
     ),
@@ -537,7 +548,8 @@ def analyze_cmd(
         raise ValueError(f"unknown analysis {kind!r}{hint}; allowed: {', '.join(ANALYSES)}")
     from .train.trainer import resolve_device
 
-    given = {"data": data, "data_dir": data_dir, "batch": batch, "until": until,
+    given = {"data": data, "data_dir": data_dir, "data_option": data_option or None,
+             "batch": batch, "until": until,
              "blocks": blocks, "dims": dims, "steps": steps, "depths": depths,
              "precision": precision, "max_length": max_length, "samples": samples}  # fmt: skip
     wrong = [k for k, v in given.items() if v is not None and k not in ANALYZE_OPTIONS[kind]]
@@ -594,7 +606,10 @@ def analyze_cmd(
             raise ValueError(
                 f"{kind} needs a model name or a checkpoint, e.g. skiplab analyze {kind} resnet-20"
             )
-        model, dataset, label, data_name = _load_for_analysis(target, options, data, data_dir, seed)
+        data_opts = parse_data_options(data_option or [])
+        model, dataset, label, data_name = _load_for_analysis(
+            target, options, data, data_dir, seed, data_opts
+        )
         model.eval().to(dev)
         n = 64 if batch is None else batch
         x, y = dataset.test_x[:n].to(dev), dataset.test_y[:n].to(dev)
