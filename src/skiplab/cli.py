@@ -455,13 +455,11 @@ def _analysis_out(out: Path | None, kind: str, target: str | None) -> Path:
 def _check_replace(out_dir: Path, invocation: dict[str, Any]) -> None:
     """Rerunning an analysis (same kind, model or run, options, data and seed) replaces its
     own result; a folder holding any other result is refused, so nothing is lost."""
-    import json as _json
-
     path = out_dir / "result.json"
     if not path.exists():
         return
     try:
-        old = _json.loads(path.read_text())
+        old = json.loads(path.read_text())
     except (OSError, ValueError):
         old = None
     if isinstance(old, dict) and old.get("invocation") == invocation:
@@ -534,8 +532,6 @@ def analyze_cmd(
     ),
 ) -> None:
     """Run one analysis; write result.json and a PNG figure; print a summary."""
-    import json as _json
-
     from . import analysis as A
     from .io import atomic_write_text
     from .provenance import provenance
@@ -571,7 +567,7 @@ def analyze_cmd(
     block_list = [b.strip() for b in blocks.split(",") if b.strip()] if blocks else None
     out_dir = _analysis_out(out, kind, target)
     # What makes two results the same analysis: a rerun of it replaces its result.
-    invocation = _json.loads(_json.dumps({
+    invocation = json.loads(json.dumps({
         "analysis": kind,
         "target": str(_run_file(target).resolve()) if trained else target,
         "model_options": options,
@@ -580,8 +576,7 @@ def analyze_cmd(
     }, default=str))  # fmt: skip
     _check_replace(out_dir, invocation)
     dev = resolve_device(device)
-    extra = {k: v for k, v in (("precision", precision), ("max_length", max_length),
-                               ("samples", samples)) if v is not None}  # fmt: skip
+    extra = {k: given[k] for k in ("precision", "max_length", "samples") if given[k] is not None}
     if kind in ("identity", "shattered"):
         kwargs: dict[str, Any] = {"device": dev, **options}
         if target:
@@ -631,7 +626,7 @@ def analyze_cmd(
     out_dir.mkdir(parents=True, exist_ok=True)
     doc = {"analysis": kind, "target": label, **res.to_dict(), "invocation": invocation,
            "provenance": provenance()}  # fmt: skip
-    atomic_write_text(out_dir / "result.json", _json.dumps(doc, indent=1))
+    atomic_write_text(out_dir / "result.json", json.dumps(doc, indent=1))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -668,8 +663,9 @@ def study_cmd(
     from .study import load_spec, run_study
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    # A progress bar on a terminal; elsewhere (a log file, CI) a line per finished job.
-    bar = sys.stdout.isatty()
+    # A progress bar on a terminal; elsewhere (a log file, CI) a line per finished job,
+    # told apart as fit's progress is (rich's terminal detection).
+    bar = Console().is_terminal
     if not bar:
         logging.getLogger("skiplab.study.runner").setLevel(logging.INFO)
     if workers < 0:

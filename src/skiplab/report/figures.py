@@ -16,6 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .findings import mean_share, path_counts, seed_columns
+
 DPI = 110
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563",
            "#db2777", "#65a30d", "#a16207")  # fmt: skip
@@ -215,10 +217,8 @@ def gradflow_figure(by_phase: dict[str, dict[str, list[dict[str, Any]]]]) -> Fig
 def _geometric_mean_norms(results: list[dict[str, Any]]) -> list[float]:
     """Per unit, the geometric mean over seeds of the gradient norms (they span decades,
     and the axis is logarithmic); NaN where a seed has none."""
-    rows = [[u.get("grad_norm") for u in r.get("units") or []] for r in results]
-    rows = [x for x in rows if x and len(x) == len(rows[0])]
     out = []
-    for col in zip(*rows, strict=True):
+    for col in seed_columns([[u.get("grad_norm") for u in r.get("units") or []] for r in results]):
         if any(v is None or not v > 0 for v in col):
             out.append(float("nan"))
         else:
@@ -230,8 +230,6 @@ def _geometric_mean_norms(results: list[dict[str, Any]]) -> list[float]:
 
 
 def pathgrad_figure(by_label: dict[str, list[dict[str, Any]]]) -> FigureImage:
-    from .findings import mean_share, path_counts
-
     def draw(fig: Figure) -> None:
         ax = fig.add_subplot()
         for i, (label, results) in enumerate(by_label.items()):
@@ -294,12 +292,12 @@ def lesion_figure(by_label: dict[str, list[dict[str, Any]]]) -> FigureImage:
         a1, a2 = fig.subplots(1, 2)
         for i, (label, results) in enumerate(by_label.items()):
             singles = [[s.get("metric") for s in r.get("single") or []] for r in results]
-            singles = [x for x in singles if x and len(x) == len(singles[0]) and None not in x]
-            if singles:
-                mean, std = _mean_std(singles)
+            singles = [x for x in singles if None not in x]
+            mean, std = _mean_std(singles)
+            if mean:
                 units = range(1, len(mean) + 1)
                 a1.plot(units, mean, marker="o", ms=2.5, lw=1.2, color=color(i), label=label)
-                if len(singles) > 1:
+                if any(std):  # several seeds
                     a1.fill_between(units, [m - d for m, d in zip(mean, std, strict=True)],
                                     [m + d for m, d in zip(mean, std, strict=True)],
                                     color=color(i), alpha=0.15, lw=0)  # fmt: skip
@@ -336,8 +334,8 @@ def lesion_figure(by_label: dict[str, list[dict[str, Any]]]) -> FigureImage:
 
 
 def _mean_std(rows: list[list[float]]) -> tuple[list[float], list[float]]:
-    """Column means and population stds of equally long rows (one row per seed)."""
-    cols = list(zip(*rows, strict=True))
+    """Column means and population stds of per-seed rows (``seed_columns``)."""
+    cols = seed_columns(rows)
     return [statistics.fmean(c) for c in cols], [statistics.pstdev(c) for c in cols]
 
 

@@ -567,11 +567,16 @@ def gradient_share(res: dict[str, Any]) -> list[float]:
     return share[: k + 1] if isinstance(k, int) else share
 
 
+def seed_columns(rows: list[list[Any]]) -> list[tuple[Any, ...]]:
+    """Per-seed lists (one value per unit or path length) as columns, one value per seed;
+    seeds whose list is empty or not as long as the first seed's are left out."""
+    kept = [r for r in rows if r and len(r) == len(rows[0])]
+    return list(zip(*kept, strict=True))
+
+
 def mean_share(results: list[dict[str, Any]]) -> list[float]:
     """``gradient_share`` averaged over seeds (those with as many lengths as the first)."""
-    shares = [gradient_share(x) for x in results]
-    shares = [x for x in shares if x and len(x) == len(shares[0])]
-    return [statistics.fmean(col) for col in zip(*shares, strict=True)] if shares else []
+    return [statistics.fmean(col) for col in seed_columns([gradient_share(x) for x in results])]
 
 
 def path_counts(res: dict[str, Any]) -> list[int]:
@@ -677,20 +682,21 @@ def lesion_findings(
     rows = []
     out = []
     for label, results in by_label.items():
-        seeds = [
-            x for x in results
-            if x.get("baseline") is not None and any(r.get("metric") is not None for r in x.get("single") or [])
-        ]  # fmt: skip
-        if not seeds:
+        # each seed with its measured single deletions
+        measured = [(x, [r for r in x.get("single") or [] if r.get("metric") is not None])
+                    for x in results if x.get("baseline") is not None]  # fmt: skip
+        measured = [(x, singles) for x, singles in measured if singles]
+        if not measured:
             continue
+        seeds = [x for x, _ in measured]
         metric = seeds[0].get("metric") or "metric"
         loss = metric == "loss"  # lower is better
         base = stat([x["baseline"] for x in seeds])
-        meds = [statistics.median(r["metric"] for r in x["single"] if r.get("metric") is not None)
-                for x in seeds]  # fmt: skip
+        meds = [statistics.median(r["metric"] for r in singles) for _, singles in measured]
         med = stat(meds)
-        singles = [r for x in seeds for r in x["single"] if r.get("metric") is not None]
-        worst = (max if loss else min)(singles, key=lambda r: r["metric"])
+        worst = (max if loss else min)(
+            (r for _, singles in measured for r in singles), key=lambda r: r["metric"]
+        )
         # the relative harm of one deletion, per seed: a fall in accuracy, a rise in loss
         harms = [
             ((m - x["baseline"]) if loss else (x["baseline"] - m)) / abs(x["baseline"])

@@ -62,10 +62,7 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
             conn.sendall(_H2_PREFACE)
             head = _read(conn, 9)
     except OSError as err:
-        raise ValueError(
-            f"cannot reach a Ray cluster at {address}: {err}; start one with `ray start --head` "
-            "or drop --address"
-        ) from None
+        raise _unreachable(address, str(err)) from None
     # A frame header: 24-bit length, type (4: SETTINGS), flags, 31-bit stream id (0).
     if len(head) < 9 or head[3] != 4 or int.from_bytes(head[5:9], "big") & 0x7FFFFFFF:
         answer = f"sent {head!r}" if head else f"sent nothing in {timeout:g} s"
@@ -74,6 +71,13 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
             f"it {answer}); give the address of the head node's GCS (the port "
             "`ray start --head` prints, 6379 by default) or of Ray Client (ray://HOST:10001)"
         )
+
+
+def _unreachable(address: str, reason: str) -> ValueError:
+    return ValueError(
+        f"cannot reach a Ray cluster at {address}: {reason}; start one with `ray start --head` "
+        "or drop --address"
+    )
 
 
 def _read(conn: socket.socket, n: int) -> bytes:
@@ -144,10 +148,7 @@ class RayExecutor:
             reason = (str(err).strip() or type(err).__name__).splitlines()[0].rstrip(".")
             if not self.address:
                 raise ValueError(f"cannot start a local Ray instance: {reason}") from None
-            raise ValueError(
-                f"cannot reach a Ray cluster at {self.address}: {reason}; start one with "
-                "`ray start --head` or drop --address"
-            ) from None
+            raise _unreachable(self.address, reason) from None
         self._started_here = True
 
     def close(self) -> None:
