@@ -4,10 +4,15 @@ data that is neither."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from torch import Tensor
+
+_SEVERAL_INPUTS = (
+    "invalid data: a batch of {got}; expected (x, y) with one input tensor x and one target "
+    "tensor y (for a model with several inputs, wrap it in a module that takes one tensor)"
+)
 
 
 def xy_batches(
@@ -30,6 +35,13 @@ def xy_batches(
         n = x.shape[0]
         step = batch_size or max(n, 1)
         return [(x[i : i + step], y[i : i + step]) for i in range(0, n, step)]
+    if (
+        isinstance(data, tuple | list)
+        and len(data) == 2
+        and isinstance(data[0], tuple | list)
+        and isinstance(data[1], Tensor)
+    ):
+        raise ValueError(_SEVERAL_INPUTS.format(got=f"({type(data[0]).__name__}, Tensor)"))
     if isinstance(data, Tensor):
         raise ValueError(
             f"invalid data: a single tensor of shape {tuple(data.shape)}; pass (x, y) tensors "
@@ -45,4 +57,15 @@ def xy_batches(
 
 def _pairs(data: Iterable[Any]) -> Iterator[tuple[Tensor, Tensor]]:
     for batch in data:
-        yield batch[0], batch[1]
+        if isinstance(batch, Tensor) or not isinstance(batch, Sequence) or len(batch) < 2:
+            got = type(batch).__name__
+            raise ValueError(
+                f"invalid data: a batch of type {got}; expected (x, y) tensors or an iterable "
+                "of (x, y) batches"
+            )
+        x, y = batch[0], batch[1]
+        if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+            raise ValueError(
+                _SEVERAL_INPUTS.format(got=f"({type(x).__name__}, {type(y).__name__})")
+            )
+        yield x, y

@@ -216,6 +216,37 @@ def find_units(
     return views
 
 
+def check_view(view: UnitView, x: Tensor, y: Tensor) -> None:
+    """Raise ``ValueError`` when a unit known only by its ``branch`` and ``shortcut``
+    attributes does not compute ``post(shortcut(x) + branch(x))``: its recorded output
+    ``y`` at input ``x`` differs from what ``view`` computes (a forward with a
+    ``F.relu`` after the addition and no ``post`` attribute would otherwise give
+    silently wrong lesions and path gradients). skiplab's and torchvision's units are
+    read from their own forward and need no check. Call in eval mode."""
+    if unit_kind(view.module) is not None or not isinstance(y, Tensor):
+        return
+    with torch.no_grad():
+        x = x.detach().clone()  # a branch may write into its input
+        out = view.finish(view.shortcut(x), view.branch(x), x)
+        y = y.detach()
+        if not isinstance(out, Tensor) or out.shape != y.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            err = f"shape {got} instead of {tuple(y.shape)}"
+        else:
+            rtol = max(1e-4, 50 * torch.finfo(y.dtype).eps) if y.is_floating_point() else 0.0
+            diff = float((out - y).abs().max()) if y.numel() else 0.0
+            if diff <= rtol * max(float(y.abs().max()) if y.numel() else 0.0, 1e-6):
+                return
+            err = f"values differ by up to {diff:.3g}"
+    raise ValueError(
+        f"unit {view.name!r} ({type(view.module).__name__}) does not compute "
+        f"post(shortcut(x) + branch(x)) from its 'shortcut' and 'branch' attributes ({err}); "
+        "skiplab reads a unit's paths from those parts, so give it a 'post' attribute for "
+        "what its forward does after the addition (e.g. self.post = nn.ReLU()), or name "
+        "other modules with blocks=[...]"
+    )
+
+
 def _overridden(module: nn.Module, what: str) -> str:
     base = next(t for t in (ResidualUnit, *torchvision_unit_types()) if isinstance(module, t))
     return (

@@ -37,7 +37,7 @@ def default_loss(output: Tensor, target: Tensor) -> Tensor:
     ``[N, C, H, W]`` with ``[N, H, W]`` for segmentation); mean squared error for float
     targets (same shape as the output). Mean over all elements."""
     if not isinstance(output, Tensor):
-        raise TypeError(
+        raise ValueError(
             f"the model returned {type(output).__name__}, not a tensor; pass loss_fn=... "
             "that takes (output, target) and returns a scalar"
         )
@@ -98,6 +98,13 @@ def _own_params(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters(recurse=False) if p.requires_grad]
 
 
+def _weight_norm(params: Sequence[nn.Parameter], grads: dict[int, Tensor | None]) -> float:
+    """Norm of the gradient of the trainable ``params``; NaN when none is trainable (a
+    frozen layer has no weight gradient, which is not a gradient of 0)."""
+    trainable = [p for p in params if p.requires_grad]
+    return _norm([grads.get(id(p)) for p in trainable]) if trainable else math.nan
+
+
 @dataclass(repr=False)
 class GradientFlow(Result):
     """Per-unit and per-layer gradient and activation magnitudes at one batch.
@@ -107,7 +114,8 @@ class GradientFlow(Result):
     ``act_std`` (std of the unit output), ``weight_grad_norm`` (norm of dLoss/d the unit's
     parameters). ``layers``: one row per module that owns parameters (conv, linear, norm,
     ...): ``name``, ``kind`` (class name), ``weight_grad_norm`` (its own parameters),
-    ``act_std`` (std of its output; He et al. 2015, Fig. 7). ``loss``: the loss value.
+    ``act_std`` (std of its output; He et al. 2015, Fig. 7). ``weight_grad_norm`` is NaN
+    where no parameter requires grad (frozen). ``loss``: the loss value.
     """
 
     units: list[dict[str, Any]]
@@ -160,7 +168,7 @@ class GradientFlow(Result):
 
 def gradient_flow(
     model: nn.Module,
-    x: Tensor,
+    x: Tensor | Sequence[Tensor],
     target: Tensor,
     *,
     loss_fn: LossFn | None = None,
@@ -175,7 +183,8 @@ def gradient_flow(
             units included, so plain and residual nets compare unit by unit), or named with
             ``blocks=[...]``, any submodules returning a tensor (only their outputs are
             read). A model without units still gets its ``layers`` rows.
-        x, target: one batch. loss_fn: ``(output, target) -> scalar``; default
+        x, target: one batch (``x``: a tuple of tensors for a model with several
+            inputs). loss_fn: ``(output, target) -> scalar``; default
             ``default_loss`` (cross-entropy for integer targets, MSE for float ones).
         train: measure in training mode (batch statistics in BN, as the optimiser sees at
             init); the BN running statistics are restored afterwards. Default: eval mode.
@@ -184,11 +193,16 @@ def gradient_flow(
     touched and the model is left as it was.
     """
     loss_fn = loss_fn or default_loss
+    inputs = _inputs(x)
     if blocks is not None:
         units = find_units(model, blocks, opaque=True)
     else:
         units = find_units(model, required=False, include_plain=True, opaque=True)
-    layers = [(n, m) for n, m in model.named_modules() if _own_params(m)]
+    layers = [
+        (n, m)
+        for n, m in model.named_modules()
+        if next(m.parameters(recurse=False), None) is not None
+    ]
 
     unit_out: list[Tensor | None] = [None] * len(units)
     unit_std = [math.nan] * len(units)
@@ -214,11 +228,22 @@ def gradient_flow(
     try:
         buffers = frozen_buffers(model) if train else nullcontext()
         with module_mode(model, train), buffers, torch.enable_grad():
-            loss = loss_fn(run_model(model, x), target)
-            if loss.dim() != 0:
-                raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
+            # An input that requires grad puts the units' outputs in the graph even when
+            # the parameters before them are frozen; the model gets a copy (it may write
+            # in place).
+            xin = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
+            loss = loss_fn(run_model(model, *(t.clone() for t in xin)), target)
+            if not isinstance(loss, Tensor) or loss.dim() != 0:
+                shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+                raise ValueError(f"loss_fn must return a scalar tensor, got {shape}")
+            if not loss.requires_grad:
+                raise ValueError(
+                    "the loss does not depend on anything that requires grad: no parameter "
+                    "of the model requires grad and the input is not floating-point; "
+                    "unfreeze some parameters (model.requires_grad_(True))"
+                )
             outs = [t for t in unit_out if t is not None and t.requires_grad]
-            grads = torch.autograd.grad(loss, outs + flat, allow_unused=True)
+            grads = torch.autograd.grad(loss, outs + flat, allow_unused=True) if outs + flat else ()
     finally:
         for h in handles:
             h.remove()
@@ -235,27 +260,36 @@ def gradient_flow(
                 "residual": _is_residual(u),
                 "grad_norm": _norm([g]) if g is not None else math.nan,
                 "act_std": unit_std[i],
-                "weight_grad_norm": _norm(
-                    [param_grads.get(id(p)) for p in u.module.parameters() if p.requires_grad]
-                ),
+                "weight_grad_norm": _weight_norm(list(u.module.parameters()), param_grads),
             }
         )
     layer_rows = [
         {
             "name": name,
             "kind": type(m).__name__,
-            "weight_grad_norm": _norm([param_grads.get(id(p)) for p in ps]),
+            "weight_grad_norm": _weight_norm(list(m.parameters(recurse=False)), param_grads),
             "act_std": layer_std[i],
         }
-        for i, ((name, m), ps) in enumerate(zip(layers, params, strict=True))
+        for i, (name, m) in enumerate(layers)
     ]
     return GradientFlow(
         units=unit_rows,
         layers=layer_rows,
         loss=float(loss.detach()),
         mode="train" if train else "eval",
-        meta={"model": type(model).__name__, "batch": int(x.shape[0])},
+        meta={"model": type(model).__name__, "batch": int(inputs[0].shape[0])},
     )
+
+
+def _inputs(x: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
+    """The model's positional inputs: one tensor, or a tuple or list of tensors."""
+    inputs = tuple(x) if isinstance(x, list | tuple) else (x,)
+    if not inputs or not all(isinstance(t, Tensor) for t in inputs):
+        raise ValueError(
+            f"invalid x of type {type(x).__name__}: give the input tensor, or a tuple of "
+            "tensors for a model with several inputs"
+        )
+    return inputs
 
 
 def _is_residual(unit: UnitView) -> bool:

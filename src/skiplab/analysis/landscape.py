@@ -217,6 +217,13 @@ def _loss_for(loss_fn: LossFn | None, y: Tensor) -> tuple[LossFn, bool]:
     return loss_fn or default_loss, classify
 
 
+def _class_scores(out: Any, y: Tensor) -> bool:
+    """Whether ``out`` holds class scores ``[N, C, ...]`` for the labels ``y`` ``[N, ...]``
+    (then accuracy is counted; a model returning a dict, or one score per sample, has a
+    loss only)."""
+    return isinstance(out, Tensor) and out.dim() >= 2 and out.shape[:1] + out.shape[2:] == y.shape
+
+
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -274,15 +281,19 @@ def _eval_chunk(
     loss_fn: LossFn,
     classify: bool,
     method: str,
-) -> tuple[Tensor, Tensor]:
-    """Summed loss and correct count over the batch for each grid point in ``ab`` [P, dims]."""
+) -> tuple[Tensor, Tensor, bool]:
+    """Summed loss and correct count over the batch for each grid point in ``ab`` [P, dims],
+    and whether the correct counts were counted (``classify`` and ``_class_scores``)."""
     ab = ab.to(device=x.device)
     n = x.shape[0]
+    counted = classify
 
     def point(params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        nonlocal counted
         out = torch.func.functional_call(model, {**params, **fixed}, (x,))
         loss = loss_fn(out, y) * n
-        correct = (out.argmax(dim=1) == y).sum() if classify else loss.new_zeros(())
+        counted = counted and _class_scores(out, y)
+        correct = (out.argmax(dim=1) == y).sum() if counted else loss.new_zeros(())
         return loss, correct
 
     def weights(coef: Tensor) -> dict[str, Tensor]:
@@ -298,14 +309,14 @@ def _eval_chunk(
 
     if method == "vmap" and moving:  # vmap needs a stacked tensor to map over
         loss, correct = torch.func.vmap(point)(weights(ab))
-        return loss.detach(), correct.detach()
+        return loss.detach(), correct.detach(), counted
     losses, corrects = [], []
     for coef in ab:
         stacked = weights(coef[None])
         loss, correct = point({k: v[0] for k, v in stacked.items()})
         losses.append(loss.detach())
         corrects.append(correct.detach())
-    return torch.stack(losses), torch.stack(corrects)
+    return torch.stack(losses), torch.stack(corrects), counted
 
 
 # --------------------------------------------------------------------------- in-place method
@@ -467,7 +478,9 @@ class _MovedCopy:
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.net(x)
-        return out.float() if self.dtype is not None and out.is_floating_point() else out
+        if self.dtype is not None and isinstance(out, Tensor) and out.is_floating_point():
+            return out.float()
+        return out
 
 
 def _eval_inplace(
@@ -480,8 +493,9 @@ def _eval_inplace(
     chunk: int,
     loss_acc: Tensor,
     correct_acc: Tensor,
-) -> None:
-    """Add each grid point's summed loss and correct count over ``x`` to the accumulators.
+) -> bool:
+    """Add each grid point's summed loss and correct count over ``x`` to the accumulators;
+    return whether correct counts were counted (``classify`` and ``_class_scores``).
 
     Everything stays on the device: no ``.item()`` or ``.cpu()`` per point, so the host
     queues the points' forward passes without waiting for the GPU.
@@ -493,8 +507,10 @@ def _eval_inplace(
         for xc, yc in zip(xs, ys, strict=True):
             out = evaluator.forward(xc)
             loss_acc[i].add_(loss_fn(out, yc).detach(), alpha=xc.shape[0])
+            classify = classify and _class_scores(out, yc)
             if classify:
                 correct_acc[i].add_((out.argmax(dim=1) == yc).sum())
+    return classify
 
 
 Totals = tuple[Tensor, Tensor, int, int, bool, dict[str, Any]]
@@ -540,7 +556,9 @@ def _run_inplace(
                     evaluator.folded,
                     chunk,
                 )
-            _eval_inplace(evaluator, ab_list, x, y, fn, classify, chunk, loss_acc, correct_acc)
+            classify = _eval_inplace(
+                evaluator, ab_list, x, y, fn, classify, chunk, loss_acc, correct_acc
+            )
             count += x.shape[0]
             targets += y.numel()
     extra = {}
@@ -582,7 +600,9 @@ def _run_stacked(
                     log.debug("loss_landscape: %d grid points per vmap call", ppb)
                 for start in range(0, num_points, ppb):
                     chunk = ab[start : start + ppb]
-                    lo, co = _eval_chunk(model, moving, fixed, chunk, x, y, fn, classify, method)
+                    lo, co, classify = _eval_chunk(
+                        model, moving, fixed, chunk, x, y, fn, classify, method
+                    )
                     loss_sum[start : start + len(chunk)] += lo.double().cpu()
                     correct[start : start + len(chunk)] += co.double().cpu()
                 count += x.shape[0]

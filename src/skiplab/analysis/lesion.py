@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..models.layers import check_positive_int
 from .batches import xy_batches
-from .blocks import UnitView, find_units, run_model
+from .blocks import UnitView, check_view, find_units, run_model
 from .gradflow import default_loss, module_mode
 from .result import Result, new_axes
 
@@ -41,6 +41,7 @@ def _evaluate(
         for x, y in batches:
             x, y = x.to(device), y.to(device)
             out = run_model(model, x)
+            _check_output(model, out, y, metric)
             if metric == "accuracy":
                 total += float((out.argmax(1) == y).sum())
                 count += y.numel()
@@ -50,6 +51,24 @@ def _evaluate(
     if count == 0:
         raise ValueError("lesion got no data: pass (x, y) tensors or an iterable of batches")
     return total / count
+
+
+def _check_output(model: nn.Module, out: Any, y: Tensor, metric: str) -> None:
+    """One clear message for outputs the metric cannot read (before argmax or the loss
+    fail on them, or compare floats with floats)."""
+    if not isinstance(out, Tensor):
+        raise ValueError(
+            f"lesion needs a model that returns a tensor, but {type(model).__name__} returned "
+            f"{type(out).__name__}; wrap it in a module whose forward returns the logits"
+        )
+    if metric != "accuracy":
+        return
+    if y.is_floating_point() or out.dim() < 2 or y.shape != out.shape[:1] + out.shape[2:]:
+        raise ValueError(
+            f"metric='accuracy' needs class logits [N, C, ...] and integer class targets "
+            f"[N, ...], got an output of shape {tuple(out.shape)} and targets of shape "
+            f"{tuple(y.shape)} ({y.dtype}); use metric='loss' for other targets"
+        )
 
 
 def _deleted_hook(view: UnitView) -> Callable:
@@ -190,6 +209,10 @@ def lesion(
     check_positive_int("draws", draws)
     units = find_units(model, blocks)  # a plain net raises, naming blocks=[...]
     num = len(units)
+    if k_values is not None and not isinstance(k_values, Sequence):
+        raise ValueError(
+            f"invalid k_values={k_values!r}: give a list of ints, e.g. k_values=[{k_values!r}]"
+        )
     k_values = _default_k(num) if k_values is None else list(k_values)
     bad_k = [k for k in k_values if not isinstance(k, int) or not 1 <= k <= num]
     if bad_k:
@@ -210,6 +233,7 @@ def lesion(
         return run([(units[i].module, _deleted_hook(units[i])) for i in idx])
 
     with module_mode(model, False):
+        shapes = _unit_shapes(model, units, batches, device)  # checks the units' parts too
         baseline = run([])
         single = [{"name": u.name, "metric": deleted([i])} for i, u in enumerate(units)]
         random_rows = []
@@ -229,7 +253,6 @@ def lesion(
             )
         swap_rows = []
         if swaps and num > 1:
-            shapes = _unit_shapes(model, units, batches, device)
             for i in range(num - 1):
                 a, b = units[i], units[i + 1]
                 if len({*shapes[i], *shapes[i + 1]}) != 1:
@@ -252,21 +275,31 @@ def _unit_shapes(
     batches: Iterable[tuple[Tensor, Tensor]],
     device: Any,
 ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """(input shape, output shape) of each unit without the batch dim, from one batch."""
+    """(input shape, output shape) of each unit without the batch dim, from one sample of
+    the first batch; raises ``ValueError`` (``check_view``) when a unit's output is not
+    what its parts compute, as deleting its branch would then be wrong."""
     shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] = [((), ())] * len(units)
+    seen: list[tuple[Tensor, Tensor] | None] = [None] * len(units)
 
     def hook(i: int) -> Callable:
         def fn(_m: nn.Module, args: tuple, out: Tensor) -> None:
             shapes[i] = (tuple(args[0].shape[1:]), tuple(out.shape[1:]))
+            if seen[i] is None:
+                seen[i] = (args[0].detach().clone(), out.detach().clone())
 
         return fn
 
-    x, _y = next(iter(batches))
+    batch = next(iter(batches), None)
+    if batch is None:
+        raise ValueError("lesion got no data: pass (x, y) tensors or an iterable of batches")
     handles = [u.module.register_forward_hook(hook(i)) for i, u in enumerate(units)]
     try:
         with torch.no_grad():
-            model(x[:1].to(device))
+            run_model(model, batch[0][:1].to(device))
     finally:
         for h in handles:
             h.remove()
+    for u, rec in zip(units, seen, strict=True):
+        if rec is not None:
+            check_view(u, *rec)
     return shapes

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..models.layers import check_positive_int
 from .blocks import find_units
@@ -81,19 +82,45 @@ def _jvp_sq_norms(f: Callable[[Tensor], Tensor], x: Tensor, tangents: Tensor, ch
     return total
 
 
-def nlc_of(f: Callable[[Tensor], Tensor], x: Tensor, *, chunk: int = 16) -> float:
+def nlc_of(
+    f: Callable[[Tensor], Tensor], x: Tensor, *, chunk: int = 16, what: str = "the model"
+) -> float:
     """NLC of ``f`` over the points ``x`` (``[N, ...]``, N >= 2), which ``f`` maps sample by
-    sample (Philipp & Carbonell 2018). 1 for an affine ``f``; NaN when ``f`` is constant."""
+    sample (Philipp & Carbonell 2018). 1 for an affine ``f``; NaN when ``f`` is constant.
+
+    Attention runs with PyTorch's math kernel here: the fused CPU kernels have neither
+    forward-mode derivatives nor double backward."""
     if x.shape[0] < 2:
         raise ValueError(f"the NLC needs at least 2 input points to estimate Σ_x, got {x.shape[0]}")
+    if not x.is_floating_point():
+        raise ValueError(
+            f"the NLC needs floating-point inputs to {what} (it differentiates with respect "
+            f"to them), got {x.dtype}"
+        )
     x = x.detach()
     with torch.no_grad():
         out = f(x)
+    if not isinstance(out, Tensor) or not out.is_floating_point():
+        got = out.dtype if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f"the NLC needs {what} to return a floating-point tensor, got {got}; wrap it in a "
+            "module whose forward returns one tensor (e.g. the logits)"
+        )
     var_out = (out - out.mean(0, keepdim=True)).flatten(1).pow(2).sum(1).mean()  # tr(Σ_f)
     tangents = _tangents(x)
     if tangents.shape[0] == 0:
         return math.nan
-    num = _jvp_sq_norms(f, x, tangents, chunk).detach().mean()  # E_x tr(J Σ_x J^T)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            num = _jvp_sq_norms(f, x, tangents, chunk).detach().mean()  # E_x tr(J Σ_x J^T)
+    except torch.OutOfMemoryError:
+        raise  # not a missing derivative: a smaller chunk helps
+    except (RuntimeError, NotImplementedError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(
+            f"the NLC of {what} needs Jacobian-vector products, and an op in it has neither "
+            f"a forward-mode derivative nor a double backward ({first})"
+        ) from err
     if var_out <= 0:
         return math.nan
     return float((num / var_out).sqrt())
@@ -165,6 +192,11 @@ def nonlinearity_coefficient(
         chunk: tangents evaluated at once (memory: ``chunk`` x the activations of x).
     """
     check_positive_int("chunk", chunk)
+    if not isinstance(x, Tensor):
+        raise ValueError(
+            f"invalid x of type {type(x).__name__}: the NLC takes one batch of input points "
+            "[N, ...] (for a model with several inputs, wrap it in a module that takes one tensor)"
+        )
     if blocks is not None:
         units = find_units(model, blocks, opaque=True)
     else:
@@ -174,7 +206,10 @@ def nonlinearity_coefficient(
             records = record_units(model, units, x)[0] if units else []
         value = nlc_of(model, x, chunk=chunk)
         per_unit = [
-            {"name": u.name, "nlc": nlc_of(u.module, records[i][0], chunk=chunk)}
+            {
+                "name": u.name,
+                "nlc": nlc_of(u.module, records[i][0], chunk=chunk, what=f"unit {u.name!r}"),
+            }
             for i, u in enumerate(units)
         ]
     return NLC(

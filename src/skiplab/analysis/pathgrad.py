@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..models.layers import Scale, check_choice, eval_norm_affine, invalid
-from .blocks import UnitView, find_units, run_model, unit_kind
+from .blocks import UnitView, check_view, find_units, run_model, unit_kind
 from .gradflow import LossFn, default_loss, module_mode
 from .result import Result, new_axes, to_jsonable
 
@@ -817,6 +817,13 @@ def path_gradients(
     dispatch and two of the elementwise passes per unit.
     """
     loss_fn = loss_fn or default_loss
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        got = f"a {x.dtype} tensor" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(
+            f"invalid x: {got}; path_gradients splits the gradient with respect to one "
+            "floating-point input tensor (for a model with several inputs, wrap it in a "
+            "module that takes one tensor)"
+        )
     check_choice("precision", precision, PRECISIONS)
     if max_length is not None and (
         isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 0
@@ -843,6 +850,8 @@ def path_gradients(
         )
         relus = {i: [m for m in d[0] if isinstance(m, nn.ReLU)] for i, d in directs.items() if d}
         records, out, masks = record_units(model, units, xin, relus)
+        for view, (x_u, y_u) in zip(units, records, strict=True):
+            check_view(view, x_u, y_u)  # units known by their 'branch'/'shortcut' only
         loss = loss_fn(out, target)
         if not isinstance(loss, Tensor) or loss.dim() != 0:
             raise ValueError("loss_fn must return a scalar tensor")

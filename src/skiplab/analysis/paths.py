@@ -25,8 +25,10 @@ that divides by a statistic of its own input (LayerNorm, GroupNorm, InstanceNorm
 BatchNorm in training mode). Linear: conv, linear, BatchNorm in eval mode, add/sub/cat,
 reshapes, slicing and indexing, average pooling, up-sampling, transposed conv, padding,
 dropout (its mask does not depend on the input), and products with constants or
-parameters. Any other op on data-dependent tensors is *unknown*: it is listed in the
-result and counted as nonlinear.
+parameters. Comparisons and signs (``h > 0``) give masks: step functions of the input
+that carry no paths, so an op that reads one is a gate (``h * (h > 0)`` counts as one
+ReLU). Any other op on data-dependent tensors is *unknown*: it is listed in the result
+and counted as nonlinear.
 """
 
 from __future__ import annotations
@@ -97,13 +99,26 @@ NONLINEAR = _names(
     adaptive_max_pool3d_with_indices fractional_max_pool2d fractional_max_pool3d
     lp_pool1d lp_pool2d max min amax amin maximum minimum
     layer_norm group_norm instance_norm local_response_norm normalize rms_norm
-    exp exp2 log log2 log10 log1p expm1 sqrt rsqrt reciprocal pow square abs sign sgn
+    exp exp2 log log2 log10 log1p expm1 sqrt rsqrt reciprocal pow square abs
     clamp clip clamp_min clamp_max sin cos tan norm std var std_mean var_mean prod cumprod rpow
     logsumexp
-    gt lt ge le eq ne greater less greater_equal less_equal
     scaled_dot_product_attention multi_head_attention_forward
     """
 )
+# Piecewise-constant results (comparisons, signs, indices of extremes): *masks*. They
+# depend on the input but carry none of its paths (a step has no slope), so ``h * (h > 0)``
+# has the one path of ``relu(h)``; an op that reads a mask is a gate (nonlinear), except a
+# sum, where the mask is an offset. Anything computed from masks alone is a mask.
+MASKS = _names(
+    """
+    gt lt ge le eq ne greater less greater_equal less_equal sign sgn signbit heaviside
+    argmax argmin isnan isinf isfinite isposinf isneginf isclose
+    logical_and logical_or logical_xor logical_not and or xor invert
+    bitwise_and bitwise_or bitwise_xor bitwise_not
+    """
+)
+# Ops that read only the shape or dtype of their second tensor argument.
+SHAPE_OF = _names("view_as reshape_as expand_as type_as")
 # Results that do not depend on the input's values.
 CONSTANT = _names(
     """
@@ -326,6 +341,7 @@ class Tracer(TorchFunctionMode):
         self.ops: list[str] = []
         self.unknown: set[str] = set()
         self.tensors: dict[int, tuple[weakref.ref, int]] = {}
+        self.masks: dict[int, weakref.ref] = {}  # data-dependent tensors with no paths
 
     # nodes -----------------------------------------------------------------------
     def node(self, t: Any) -> int | None:
@@ -349,6 +365,26 @@ class Tracer(TorchFunctionMode):
 
     def bind(self, t: Tensor, node: int) -> None:
         self.tensors[id(t)] = (weakref.ref(t), node)
+        self.masks.pop(id(t), None)
+
+    def bind_mask(self, t: Tensor) -> None:
+        self.masks[id(t)] = weakref.ref(t)
+        self.tensors.pop(id(t), None)
+
+    def forget(self, t: Tensor) -> None:
+        self.tensors.pop(id(t), None)
+        self.masks.pop(id(t), None)
+
+    def has_mask(self, value: Any) -> bool:
+        """Whether ``value`` (a tensor, or nested lists/dicts) holds a mask."""
+        if isinstance(value, Tensor):
+            ref = self.masks.get(id(value))
+            return ref is not None and ref() is value
+        if isinstance(value, list | tuple):
+            return any(self.has_mask(v) for v in value)
+        if isinstance(value, dict):
+            return any(self.has_mask(v) for v in value.values())
+        return False
 
     def add_input(self, t: Tensor) -> None:
         self.spectra.append(UNIT)
@@ -371,12 +407,13 @@ class Tracer(TorchFunctionMode):
     # the mode ----------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
-        found = [n for a in args for n in self.nodes_in(a)]
-        for k, v in kwargs.items():
-            if k != "out":
-                found += self.nodes_in(v)
-        name = op_name(func) if found else ""
-        if name in LEAVES_TORCH:
+        data = [*args, *(v for k, v in kwargs.items() if k != "out")]
+        found = [n for a in data for n in self.nodes_in(a)]
+        gated = self.has_mask(data)
+        name = op_name(func) if found or gated else ""
+        if name in SHAPE_OF:  # x.view_as(y) reads only y's shape
+            found, gated = self.nodes_in(args[0]), self.has_mask(args[0])
+        if found and name in LEAVES_TORCH:
             raise ValueError(
                 f"the forward pass takes a tensor out of torch ({name}()) on a path from the "
                 "input: path_spectrum follows torch operations only, and the paths through "
@@ -384,34 +421,43 @@ class Tracer(TorchFunctionMode):
                 "spectrum before it with until=..."
             )
         out = func(*args, **kwargs)
-        if not found:
+        if not found and not gated:
             return out
         if name == "setitem":  # x[key] = value: x now also carries value's paths
             self._setitem(args)
             return out
         if name in OVERWRITE or name == "copy_":
             target = args[0]
-            src = self.nodes_in(args[1]) if name == "copy_" and len(args) > 1 else []
-            if src:
-                self.bind(target, self.add_node(sorted(set(src)), False, "copy"))
+            src = args[1] if name == "copy_" and len(args) > 1 else None
+            nodes = self.nodes_in(src)
+            if nodes:
+                self.bind(target, self.add_node(sorted(set(nodes)), False, "copy"))
+            elif self.has_mask(src):
+                self.bind_mask(target)
             else:
-                self.tensors.pop(id(target), None)
+                self.forget(target)
             return out
         outputs = [
             o for o in (out if isinstance(out, list | tuple) else (out,)) if isinstance(o, Tensor)
         ]
         if not outputs or name in CONSTANT:
             return out
-        nonlinear = self._is_nonlinear(name, args, kwargs, found)
+        if not found or name in MASKS:  # a step function of the data: a mask, no paths
+            for o in outputs:
+                self.bind_mask(o)
+            return out
+        nonlinear = self._is_nonlinear(name, args, kwargs, found, gated)
         node = self.add_node(sorted(set(found)), nonlinear, name)
         for o in outputs:
             self.bind(o, node)
         return out
 
-    def _is_nonlinear(self, name: str, args: tuple, kwargs: dict, found: list[int]) -> bool:
+    def _is_nonlinear(
+        self, name: str, args: tuple, kwargs: dict, found: list[int], gated: bool
+    ) -> bool:
         if name in SUM_LINEAR:
             return False
-        if name in NONLINEAR:
+        if name in NONLINEAR or gated:  # a mask selects or scales the paths: a gate
             return True
         if name == "batch_norm":  # batch statistics divide by the input's own variance
             return bool(_arg(args, kwargs, 5, "training", False))
@@ -431,7 +477,11 @@ class Tracer(TorchFunctionMode):
         target, key, value = args[0], args[1], args[2]
         inputs = self.nodes_in(target) + self.nodes_in(value)
         gate = self.nodes_in(key)
-        self.bind(target, self.add_node(sorted(set(inputs + gate)), bool(gate), "setitem"))
+        if not inputs and not gate:  # only masks: written into a mask, or with a mask key
+            self.bind_mask(target)
+            return
+        nonlinear = bool(gate) or self.has_mask(key)
+        self.bind(target, self.add_node(sorted(set(inputs + gate)), nonlinear, "setitem"))
 
 
 # --------------------------------------------------------------------------- reverse DP
