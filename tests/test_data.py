@@ -103,6 +103,24 @@ def test_digits_split_is_deterministic_and_seeded(digits: TensorData):
     assert len(load_dataset("digits", test_size=0.5).test_x) in (898, 899)
 
 
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"test_size": 0.001}, "invalid test_size=0.001: gives 1795 train / 2 test images"),
+        ({"test_size": 0.999}, "invalid test_size=0.999: gives 1 train / 1796 test images"),
+        ({"split_seed": 2**40}, "invalid split_seed=1099511627776: must be an integer in"),
+        ({"split_seed": -1}, "invalid split_seed=-1"),
+    ],
+)
+def test_digits_bad_split_is_a_clear_error(options: dict, needle: str):
+    """Splits scikit-learn cannot stratify (a class missing from a part) or seeds it cannot
+    take are refused with the skiplab option's name, not scikit-learn's."""
+    with pytest.raises(ValueError, match=needle):
+        load_dataset("digits", **options)
+    tiny = load_dataset("digits", test_size=0.0056)  # the smallest fraction that works
+    assert len(tiny.test_y) == 11 and set(tiny.test_y.tolist()) == set(range(10))
+
+
 # --------------------------------------------------------------------------- shapes
 
 
@@ -385,6 +403,19 @@ def test_cifar10_offline_error_names_file_and_dir(tmp_path: Path):
     assert "cifar-10-python.tar.gz" in msg and str(tmp_path) in msg
     assert "https://www.cs.toronto.edu/~kriz/cifar.html" in msg
     assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "mnist", "fashion-mnist", "svhn",
+                                  "oxford-pets"])  # fmt: skip
+def test_offline_error_names_the_download_option(tmp_path: Path, name: str):
+    """With download=False the way to fetch the set is download=True; network access alone
+    would not help."""
+    with pytest.raises(ValueError, match="not found in") as info:
+        load_dataset(name, data_dir=tmp_path, download=False)
+    msg = str(info.value)
+    assert msg.endswith("or pass download=True to download it") and "\n" not in msg
+    assert "network access" not in msg
+    assert list(tmp_path.rglob("*")) == []  # nothing created, nothing downloaded
 
 
 def test_default_data_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):

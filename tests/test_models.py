@@ -361,8 +361,11 @@ def test_unet_skips_and_blocks() -> None:
         ("resnet-20", {"shortcut": "dropout", "shortcut_dropout": 1.5}, "shortcut_dropout"),
         ("resnet-20", {"width": 0}, "width=0"),
         ("resnet-20", {"num_classes": -1}, "num_classes=-1"),
-        ("resnet-20", {"depth": 32}, "unknown option 'depth'"),
-        ("resnet18", {"depth": 50}, "unknown option 'depth'"),
+        ("resnet-20", {"depth": 32}, "the name sets the depth; name it resnet-32"),
+        ("resnet18", {"depth": 50}, "depth=50 for model 'resnet18': the name sets the depth"),
+        ("resnet-20", {"depht": 32}, "unknown option 'depht' for model 'resnet-20'; allowed"),
+        ("resnet-D", {}, "names a family, D is the depth; give one, e.g. resnet-20"),
+        ("preact-resnet-D", {"depth": 20}, "e.g. preact-resnet-20"),
         ("unet", {"skip": ["concat"]}, "one entry per level"),
         ("unet", {"skip": "skip"}, "skip='skip'"),
         ("unet", {"padding": "valid", "block": "residual"}, "padding='same'"),
@@ -395,6 +398,9 @@ def test_model_options_show_alias_defaults() -> None:
     assert model_options("preact-resnet-56")["placement"] == "full-preact"
     assert model_options("plain-20")["shortcut"] == "none"
     assert "depth" not in model_options("resnet-20")
+    # A family's own name (as `skiplab models` lists it) shows the family's options.
+    assert model_options("preact-resnet-D")["placement"] == "full-preact"
+    assert "depth" not in model_options("resnet-D") and "block" in model_options("resnet-D")
     assert skiplab.list_models("preact-resnet-1*") == [
         "preact-resnet-110",
         "preact-resnet-164",
@@ -411,3 +417,9 @@ def test_act_and_norm_variants_and_callables() -> None:
     model = skiplab.create_model("resnet-8", act=nn.Softsign, norm=lambda c: nn.GroupNorm(2, c))
     assert isinstance(model.stages[0][0].branch.act1, nn.Softsign)
     assert isinstance(model.stages[0][0].branch.norm1, nn.GroupNorm)
+
+
+def test_summary_of_an_input_the_model_cannot_take_names_one_it_can() -> None:
+    model = skiplab.create_model("resnet-8", in_channels=1)
+    with pytest.raises(ValueError, match=r"input_shape=\(3, 32, 32\).*such as \(1, 32, 32\)"):
+        skiplab.summarize(model, (3, 32, 32))

@@ -118,6 +118,135 @@ def test_pickles_are_told_from_safetensors_by_more_than_one_byte(tmp_path: Path)
     assert load_checkpoint(path).meta["pad"] == "x" * pad
 
 
+@pytest.mark.parametrize("where", ["first tensor", "last tensor", "metadata"])
+def test_checkpoint_with_damaged_bytes_is_refused(tmp_path: Path, where: str) -> None:
+    """safetensors has no checksum of its own: a flipped bit in a tensor loaded as a wrong
+    weight. The checkpoint's CRC-32 catches it, and a digit changed in the metadata too."""
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, {"model.a": torch.ones(64), "model.b": torch.ones(64)}, {"epoch": 3})
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")  # tensor bytes follow the JSON header
+    if where == "metadata":
+        at = data.index(b'\\"epoch\\": 3') + len(b'\\"epoch\\": ')
+        data[at : at + 1] = b"4"  # still valid JSON
+    else:
+        data[start + 3 if where == "first tensor" else len(data) - 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="is corrupt: its contents do not match the checksum"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_metadata_that_is_not_an_object_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"skiplab": "[1, 2]"})
+    with pytest.raises(ValueError, match="corrupt skiplab metadata: a JSON list"):
+        load_checkpoint(path)
+    with pytest.raises(ValueError, match="is a folder; pass the .safetensors file"):
+        load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("meta", "match"),
+    [
+        ({"model": "resnet-21"}, "names a model this skiplab cannot build .*depth=21"),
+        ({"model": "resnet-8", "model_options": {"colour": 1}}, "cannot build .*'colour'"),
+        ({"model": "resnet-8", "model_options": [1]}, "model_options is not a mapping"),
+    ],
+)
+def test_load_model_with_bad_model_metadata(tmp_path: Path, meta: dict, match: str) -> None:
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, {"model.w": torch.zeros(2)}, meta)
+    with pytest.raises(ValueError, match=match) as err:
+        load_model(path)
+    assert str(path) in str(err.value)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _interrupted_run(out: Path, data, recipe: Recipe) -> None:
+    """A run stopped after its first epoch, with a checkpoint to resume from."""
+
+    def stop(row: dict) -> None:
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        fit(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), data, recipe, out, on_epoch=stop)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda m, t: m.pop("epoch"), "epoch=None, expected an integer in \\[0, 3\\]"),
+        (lambda m, t: m.update(epoch=7), "epoch=7"),
+        (lambda m, t: m.update(epoch=-1), "epoch=-1"),
+        (lambda m, t: m.update(history=5), "one row per epoch"),
+        (lambda m, t: t.update({"rng.torch": torch.zeros(3, dtype=torch.uint8)}), "generator"),
+        (lambda m, t: t.update({"optim.x.momentum_buffer": torch.zeros(1)}), "optimizer state"),
+        (lambda m, t: m.update(optimizer={"param_groups": "x"}), "optimizer state"),
+    ],
+)
+def test_resume_checkpoint_with_bad_metadata_is_refused(tmp_path: Path, digits, change, match):
+    out, data, recipe = tmp_path / "r", digits.subset(64, 32), tiny_recipe(epochs=3)
+    _interrupted_run(out, data, recipe)
+    ckpt = load_checkpoint(out / "checkpoint.safetensors")
+    meta = {k: v for k, v in ckpt.meta.items() if k not in ("format", "version")}
+    tensors = dict(ckpt.tensors)
+    change(meta, tensors)
+    save_checkpoint(out / "checkpoint.safetensors", tensors, meta)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ValueError, match=match) as err:
+        fit(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), data, recipe, out, resume=True)
+    assert str(out / "checkpoint.safetensors") in str(err.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    ("model", "match"),
+    [
+        (nn.Sequential(nn.Flatten(), nn.Linear(3 * 64, 10)), "cannot take 'digits' inputs"),
+        (nn.Sequential(nn.Flatten(), nn.Linear(64, 5)), r"output \[2, 5\] does not fit"),
+        (nn.Sequential(nn.Flatten(), nn.Linear(64, 20)), r"output \[2, 20\] does not fit"),
+    ],
+)
+def test_model_that_does_not_fit_the_data_is_refused_before_writing(
+    tmp_path: Path, digits, model: nn.Module, match: str
+) -> None:
+    """A model built for other data is one clear error, and leaves no run folder behind
+    (one would block the corrected run: 'already holds a run')."""
+    with pytest.raises(ValueError, match=match) as err:
+        fit(model, digits.subset(64, 32), tiny_recipe(epochs=1), tmp_path / "r")
+    assert "in_channels=1" in str(err.value) and "num_classes=10" in str(err.value)
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_logs_each_steps_gradients_once(tmp_path: Path, digits) -> None:
+    """Gradient rows of the epoch a kill cut short are logged again after resuming: the
+    first copies go."""
+
+    class StopAfter(nn.Module):
+        def __init__(self, steps: int) -> None:
+            super().__init__()
+            self.net = skiplab.create_model("resnet-8", in_channels=1, width=0.25)
+            self.steps = steps
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.training:
+                self.steps -= 1
+                if self.steps < 0:
+                    raise _Stop
+            return self.net(x)
+
+    out, data, recipe = tmp_path / "r", digits.subset(256, 32), tiny_recipe(batch_size=64)
+    with pytest.raises(_Stop):  # 4 steps per epoch: stopped in step 3 of epoch 2
+        fit(StopAfter(6), data, recipe, out, log_grad_every=1)
+    fit(StopAfter(10**6), data, recipe, out, log_grad_every=1, resume=True)
+    rows = [json.loads(x) for x in (out / "grad_norms.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(8))
+    assert [r["epoch"] for r in rows] == [1] * 4 + [2] * 4
+
+
 def test_checkpoint_for_another_model_is_refused(tmp_path: Path, digits) -> None:
     run = tmp_path / "run"
     model = skiplab.create_model("resnet-8", in_channels=1, width=0.25)
@@ -207,6 +336,13 @@ def test_divergence_stops_with_status_and_keeps_last_checkpoint(tmp_path: Path, 
     assert not (tmp_path / "d" / "model.safetensors").exists()
 
 
+def test_negative_log_grad_every_is_refused(tmp_path: Path, digits) -> None:
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with pytest.raises(ValueError, match="log_grad_every=-1"):
+        fit(net, digits.subset(64, 32), tiny_recipe(epochs=1), tmp_path / "r", log_grad_every=-1)
+    assert not (tmp_path / "r").exists()
+
+
 def test_out_dir_with_another_run_is_never_overwritten(tmp_path: Path, digits) -> None:
     out = tmp_path / "r"
     data = digits.subset(64, 32)
@@ -214,7 +350,8 @@ def test_out_dir_with_another_run_is_never_overwritten(tmp_path: Path, digits) -
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(ValueError, match="already holds a run"):
         fit(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), data, tiny_recipe(epochs=1), out)
-    with pytest.raises(ValueError, match="recipe differs"):
+    # only the field that differs is named, not the two whole recipes
+    with pytest.raises(ValueError, match=r"recipe differs \(epochs: run has 1, asked for 5\); "):
         fit(
             nn.Sequential(nn.Flatten(), nn.Linear(64, 10)),
             data,
@@ -307,3 +444,25 @@ def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:
     assert run["status"] == "finished" and run["world_size"] == 2
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
     assert (out / "model.safetensors").exists()
+
+
+@pytest.mark.skipif(subprocess.run(["git", "--version"], capture_output=True).returncode != 0,
+                    reason="needs git")  # fmt: skip
+def test_provenance_commit_is_skiplabs_own_not_an_enclosing_repository(tmp_path: Path) -> None:
+    """skiplab installed into a virtual environment inside the user's project repository
+    must not record the project's commit as its own."""
+    from skiplab.provenance import git_commit
+
+    def git(*args: str) -> str:
+        cmd = ["git", "-c", "user.email=t@t", "-c", "user.name=t", *args]
+        return subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    git("commit", "-q", "--allow-empty", "-m", "the user's project")
+    pkg = tmp_path / "venv" / "skiplab"
+    pkg.mkdir(parents=True)
+    (pkg / "provenance.py").write_text("# installed copy\n")
+    assert git_commit(pkg) is None
+    git("add", "venv/skiplab/provenance.py")
+    git("commit", "-q", "-m", "a skiplab checkout")
+    assert git_commit(pkg) == git("rev-parse", "HEAD").strip()

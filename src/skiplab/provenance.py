@@ -10,21 +10,25 @@ from typing import Any
 import torch
 
 
-def git_commit() -> str | None:
-    """The commit of the skiplab source tree, when it is a git checkout."""
-    root = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
+def git_commit(root: Path | None = None) -> str | None:
+    """The commit of the skiplab source tree, when it is a git checkout.
+
+    Only a repository that tracks this file counts: an installed skiplab inside the
+    user's own repository (a virtual environment in a project folder) has no commit."""
+    root = Path(__file__).resolve().parent if root is None else Path(root)
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=5, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    if git("ls-files", "--error-unmatch", "provenance.py") is None:
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return git("rev-parse", "HEAD") or None
 
 
 def device_name(device: torch.device | str) -> str:

@@ -8,6 +8,7 @@ Recognition of Handwritten Digits" test set (Alpaydin & Kaynak 1998) as shipped 
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import torch
@@ -34,12 +35,27 @@ def load_digits_data(*, test_size: float = 0.2, split_seed: int = 0) -> TensorDa
         or not 0.0 < test_size < 1.0
     ):
         raise invalid("test_size", test_size, "must be a fraction strictly between 0 and 1")
-    if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
-        raise invalid("split_seed", split_seed, "must be a non-negative integer")
+    if (
+        isinstance(split_seed, bool)
+        or not isinstance(split_seed, int)
+        or not 0 <= split_seed < 2**32
+    ):
+        raise invalid("split_seed", split_seed, "must be an integer in [0, 2**32)")
 
     bunch = load_digits()
     images = np.asarray(bunch.images, dtype=np.float32) / 16.0  # [N, 8, 8] in [0, 1]
     labels = np.asarray(bunch.target, dtype=np.int64)
+    # A stratified split needs every class in both parts (scikit-learn rounds the test part up).
+    n, classes = len(labels), len(np.unique(labels))
+    n_test = math.ceil(test_size * n)
+    if min(n_test, n - n_test) < classes:
+        raise invalid(
+            "test_size",
+            test_size,
+            f"gives {n - n_test} train / {n_test} test images; a stratified split needs at "
+            f"least {classes} (one per class) in each, so use a fraction in "
+            f"[{classes / n:.3f}, {1 - classes / n:.3f}]",
+        )
     train_idx, test_idx = train_test_split(
         np.arange(len(labels)),
         test_size=float(test_size),

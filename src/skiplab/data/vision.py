@@ -47,11 +47,12 @@ class VisionSource:
     folder: str = ""  # where under ``root`` the files go
     then: str = ""  # what to do with them there
 
-    def missing(self, root: Path, reason: str) -> ValueError:
+    def missing(self, root: Path, reason: str, download: bool) -> ValueError:
         where = root / self.folder if self.folder else root
+        fetch = "run with network access" if download else "pass download=True to download it"
         return ValueError(
             f"{self.name} not found in {root} ({reason}): put {self.files} (from {self.url}) "
-            f"in {where}{self.then}, or run with network access"
+            f"in {where}{self.then}, or {fetch}"
         )
 
 
@@ -80,7 +81,7 @@ def _load(
         test = read_test(cls, root, download)  # torchvision skips files already there
     except _FETCH_ERRORS as err:
         reason = f"download failed: {_one_line(err)}" if download else "download=False"
-        raise source.missing(root, reason) from err
+        raise source.missing(root, reason, download) from err
     return _to_tensor_data(source, train, test, root, options)
 
 

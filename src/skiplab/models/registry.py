@@ -88,8 +88,14 @@ class Registry:
         """The entry for ``name`` and the options the name stands for."""
         if not isinstance(name, str):
             raise ValueError(f"invalid model name {name!r}: expected a string such as 'resnet-20'")
-        if name in self._entries and not name.endswith("-D"):
+        if name in self._entries:
             e = self._entries[name]
+            if e.is_family:
+                depths = ", ".join(f"{name[:-2]}-{d}" for d in e.examples[:4])
+                raise ValueError(
+                    f"invalid model name {name!r}: it names a family, D is the depth; give one, "
+                    f"e.g. {depths}"
+                )
             return e, dict(e.defaults)
         m = re.fullmatch(r"(.+)-(\d+)", name)
         if m and f"{m.group(1)}-D" in self._entries:
@@ -104,12 +110,22 @@ class Registry:
         entry, kwargs = self.lookup(name)
         allowed = inspect.signature(entry.builder).parameters
         for key in options:
-            if key not in allowed or (key == "depth" and entry.fixes_depth()):
-                close = difflib.get_close_matches(key, list(allowed), n=2, cutoff=0.6)
+            if key == "depth" and entry.fixes_depth():
+                fix = (
+                    f"name it {entry.name[:-2]}-{options[key]} instead"
+                    if entry.is_family
+                    else "use the name of the depth you want (`skiplab models` lists them)"
+                )
+                raise ValueError(
+                    f"invalid option depth={options[key]!r} for model {name!r}: the name sets "
+                    f"the depth; {fix}"
+                )
+            if key not in allowed:
+                names = [k for k in allowed if not (k == "depth" and entry.fixes_depth())]
+                close = difflib.get_close_matches(key, names, n=2, cutoff=0.6)
                 hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
                 raise ValueError(
-                    f"unknown option {key!r} for model {name!r}{hint}; allowed: "
-                    + ", ".join(k for k in allowed if not (k == "depth" and entry.fixes_depth()))
+                    f"unknown option {key!r} for model {name!r}{hint}; allowed: " + ", ".join(names)
                 )
         kwargs.update(options)
         try:
@@ -183,6 +199,9 @@ def model_entries() -> list[ModelEntry]:
 
 def model_options(name: str) -> dict[str, Any]:
     """The options a name accepts, with the defaults the name implies."""
+    family = next((e for e in _REGISTRY.entries() if e.is_family and e.name == name), None)
+    if family is not None:  # ``resnet-D``: the family's options, the depth left open
+        return family.options()
     entry, implied = _REGISTRY.lookup(name)
     opts = entry.options()
     opts.update({k: v for k, v in implied.items() if k != "depth" or not entry.is_family})

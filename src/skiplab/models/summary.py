@@ -58,7 +58,12 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> M
         try:
             out = meta(torch.empty(1, *input_shape, device="meta"))
         except RuntimeError as err:
-            raise ValueError(f"invalid input_shape={input_shape} for this model: {err}") from None
+            example = getattr(model, "example_input_shape", None)
+            hint = f"; it takes inputs such as {tuple(example)}" if example is not None else ""
+            text = " ".join(str(err).split())[:200]
+            raise ValueError(
+                f"invalid input_shape={input_shape} for this model ({text}){hint}"
+            ) from None
     units = [m for m in model.modules() if isinstance(m, ResidualUnit)]
     shortcuts = Counter(u.shortcut_kind for u in units)
     placements = Counter(u.placement for u in units)

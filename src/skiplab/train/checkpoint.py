@@ -6,11 +6,14 @@ the recipe, the epoch, the metric history, the optimizer's non-tensor state. Ten
 ``model.*`` (the state dict), ``optim.*`` (optimizer state) and ``rng.*`` (RNG states).
 Writing goes to a temporary file in the same folder, is flushed to disk, then renamed
 over the target, so a kill at any moment leaves either the old or the new checkpoint.
+A CRC-32 of the metadata and every tensor (``skiplab_crc32``) is stored beside them, so a
+file damaged on disk or in transfer is refused instead of loading wrong weights.
 """
 
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,9 +64,19 @@ def save_checkpoint(
     """Write tensors + metadata atomically as one safetensors file."""
     header = {"format": FORMAT, "version": VERSION, **meta}
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write(
-        Path(path), lambda tmp: save_file(cpu, tmp, metadata={"skiplab": json.dumps(header)})
-    )
+    text = json.dumps(header)
+    metadata = {"skiplab": text, "skiplab_crc32": str(_crc32(text, cpu))}
+    atomic_write(Path(path), lambda tmp: save_file(cpu, tmp, metadata=metadata))
+
+
+def _crc32(text: str, tensors: dict[str, torch.Tensor]) -> int:
+    """CRC-32 of the metadata text and every tensor's name, dtype, shape and bytes."""
+    crc = zlib.crc32(text.encode())
+    for key in sorted(tensors):
+        t = tensors[key].contiguous()
+        crc = zlib.crc32(f"{key}|{t.dtype}|{tuple(t.shape)}".encode(), crc)
+        crc = zlib.crc32(t.reshape(-1).view(torch.uint8).numpy(), crc)
+    return crc
 
 
 def _sniff(path: Path) -> str:
@@ -91,6 +104,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     safetensors file (a pickle, truncated, corrupt) or not written by skiplab.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"checkpoint {path} is a folder; pass the .safetensors file in it (a run folder "
+            "holds model.safetensors and checkpoint.safetensors)"
+        )
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist (expected a skiplab .safetensors file)")
     sniff = _sniff(path)
@@ -116,8 +134,18 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         meta = json.loads(header["skiplab"])
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} has corrupt skiplab metadata: {err}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(
+            f"{path} has corrupt skiplab metadata: a JSON {type(meta).__name__}, not an object"
+        )
     if meta.get("format") != FORMAT or not isinstance(meta.get("version"), int):
         raise ValueError(f"{path} is not a skiplab checkpoint (format {meta.get('format')!r})")
+    stored = header.get("skiplab_crc32")  # absent in files written before checksums
+    if stored is not None and stored != str(_crc32(header["skiplab"], tensors)):
+        raise ValueError(
+            f"{path} is corrupt: its contents do not match the checksum written with them "
+            "(damaged on disk or in transfer); use an intact copy, or delete it and retrain"
+        )
     if meta["version"] > VERSION:
         raise ValueError(
             f"{path} was written by a newer skiplab (format version {meta['version']}); upgrade skiplab"
@@ -164,6 +192,28 @@ def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tenso
 _IMPL_KEYS = ("fused", "foreach", "capturable", "differentiable")
 
 
+def _unusable(ckpt: Checkpoint, problem: str) -> ValueError:
+    return ValueError(
+        f"{ckpt.path} is not a usable resume checkpoint: {problem}; delete it to restart the "
+        "run from its first epoch, or choose another --out"
+    )
+
+
+def resume_point(ckpt: Checkpoint, epochs: int) -> tuple[int, list[dict[str, Any]]]:
+    """``(epochs done, metric history)`` of a resume checkpoint, checked against the
+    recipe's ``epochs``; ``ValueError`` when the metadata is missing or inconsistent."""
+    epoch, history = ckpt.meta.get("epoch"), ckpt.meta.get("history", [])
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs:
+        raise _unusable(ckpt, f"epoch={epoch!r}, expected an integer in [0, {epochs}]")
+    if (
+        not isinstance(history, list)
+        or len(history) != epoch
+        or not all(isinstance(row, dict) for row in history)
+    ):
+        raise _unusable(ckpt, f"its metric history does not hold one row per epoch ({epoch})")
+    return epoch, list(history)
+
+
 def restore_optimizer(opt: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
     meta = ckpt.meta.get("optimizer")
     if not isinstance(meta, dict) or "param_groups" not in meta:
@@ -171,17 +221,17 @@ def restore_optimizer(opt: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
             f"{ckpt.path} has no optimizer state; it is a weights file, not a resume checkpoint"
         )
     state: dict[int, dict[str, Any]] = {}
-    for key, value in ckpt.section("optim").items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
-    for key, value in meta.get("scalars", {}).items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
+    try:
+        for key, value in [*ckpt.section("optim").items(), *meta.get("scalars", {}).items()]:
+            idx, name = key.split(".", 1)
+            state.setdefault(int(idx), {})[name] = value
+    except (ValueError, AttributeError) as err:
+        raise _unusable(ckpt, f"malformed optimizer state ({err})") from None
     # How the step is computed (fused, foreach) belongs to this device, not the checkpoint's.
     impl = [{k: g[k] for k in _IMPL_KEYS if k in g} for g in opt.param_groups]
     try:
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    except (ValueError, KeyError, RuntimeError) as err:
+    except (ValueError, KeyError, RuntimeError, TypeError) as err:
         raise ValueError(f"{ckpt.path}: optimizer state does not fit this model ({err})") from None
     for group, keep in zip(opt.param_groups, impl, strict=True):
         group.update(keep)
@@ -197,12 +247,15 @@ def rng_tensors() -> dict[str, torch.Tensor]:
 
 def restore_rng(ckpt: Checkpoint) -> None:
     rng = ckpt.section("rng")
-    if "torch" in rng:
-        torch.set_rng_state(rng["torch"])
-    keys = sorted((k for k in rng if k.startswith("cuda.")), key=lambda k: int(k.split(".")[1]))
-    cuda = [rng[k] for k in keys]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
+    try:
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        keys = sorted((k for k in rng if k.startswith("cuda.")), key=lambda k: int(k.split(".")[1]))
+        cuda = [rng[k] for k in keys]
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise _unusable(ckpt, f"malformed random number generator state ({err})") from None
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -217,6 +270,15 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise ValueError(
             f"{path} does not name a registered model; load its weights into your own model"
         )
-    model = create_model(name, **(ckpt.meta.get("model_options") or {}))
+    options = ckpt.meta.get("model_options") or {}
+    if not isinstance(options, dict):
+        raise ValueError(f"{path} has corrupt metadata: model_options is not a mapping")
+    try:
+        model = create_model(name, **options)
+    except ValueError as err:
+        raise ValueError(
+            f"{path} names a model this skiplab cannot build ({err}); load its weights into "
+            "your own model"
+        ) from None
     load_model_state(model, ckpt.model_state, path)
     return model.eval(), ckpt.meta

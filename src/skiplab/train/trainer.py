@@ -37,6 +37,7 @@ from .checkpoint import (
     optimizer_tensors,
     restore_optimizer,
     restore_rng,
+    resume_point,
     rng_tensors,
     save_checkpoint,
     unwrap,
@@ -105,6 +106,46 @@ def task_loss(out: Tensor, y: Tensor, label_smoothing: float = 0.0) -> Tensor:
     if out.dim() == 4 and y.shape[-2:] != out.shape[-2:]:
         y = center_crop(y, out.shape[-2:])
     return F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
+
+
+@torch.no_grad()
+def check_model_fits_data(model: nn.Module, data: TensorData, amp: torch.dtype | None) -> None:
+    """Run two training inputs through ``model`` (eval mode, nothing updated) and raise one
+    ``ValueError`` when its input or output does not fit ``data``."""
+    x = data.train_x[:2]
+    k = data.num_classes
+    want = f"[N, {k}]" if data.task == "classification" else f"[N, {k}, H, W]"
+    fix = (
+        f"build the model for {data.name!r}: in_channels={data.in_channels} (input "
+        f"{list(data.input_shape)}), num_classes={k}"
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
+            out = model(x)
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, ValueError) as err:
+        text = " ".join(str(err).split())
+        raise ValueError(
+            f"the model cannot take {data.name!r} inputs of shape {list(x.shape)} ({text[:200]}); "
+            f"{fix}"
+        ) from None
+    finally:
+        model.train(was_training)
+    shape = tuple(out.shape) if isinstance(out, Tensor) else None
+    if data.task == "classification":
+        ok = shape is not None and len(shape) == 2 and shape[1] == k
+    else:  # the output may be smaller than the input (U-Net 'valid': masks are cropped)
+        ok = shape is not None and len(shape) == 4 and shape[1] == k
+        ok = ok and shape[2] <= x.shape[2] and shape[3] <= x.shape[3]
+    if not ok:
+        got = list(shape) if shape is not None else type(out).__name__
+        raise ValueError(
+            f"the model's output {got} does not fit {data.name!r} ({data.task}, {k} classes: "
+            f"expected {want}); {fix}"
+        )
 
 
 class EpochStats:
@@ -181,6 +222,26 @@ def _json_norm(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
+def _difference(old: Any, new: Any) -> str:
+    """What differs between the run's value and the asked one: for mappings (the recipe,
+    the model options) only the fields that differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = [k for k in sorted({*old, *new}) if old.get(k, _MISSING) != new.get(k, _MISSING)]
+        return "; ".join(
+            f"{k}: run has {old.get(k, _MISSING)!r}, asked for {new.get(k, _MISSING)!r}"
+            for k in keys
+        )
+    return f"run has {old!r}, asked for {new!r}"
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "(not set)"
+
+
+_MISSING = _Missing()
+
+
 def prepare_out_dir(out_dir: Path, identity: dict[str, Any], resume: bool) -> dict[str, Any] | None:
     """Check the run folder; return the existing run.json when resuming. Never overwrites."""
     run_file = out_dir / RUN_FILE
@@ -202,7 +263,7 @@ def prepare_out_dir(out_dir: Path, identity: dict[str, Any], resume: bool) -> di
         if diffs:
             k = diffs[0]
             raise ValueError(
-                f"cannot resume {out_dir}: {k} differs (run has {old.get(k)!r}, asked for {new.get(k)!r}); "
+                f"cannot resume {out_dir}: {k} differs ({_difference(old.get(k), new.get(k))}); "
                 "resume with the same model, options, data, recipe and seed, or choose another --out"
             )
         return existing
@@ -243,6 +304,14 @@ def fit(
     possible is an error. It does not change what is computed, so it is not part of the
     recipe or the run's identity.
     """
+    if (
+        isinstance(log_grad_every, bool)
+        or not isinstance(log_grad_every, int)
+        or log_grad_every < 0
+    ):
+        raise ValueError(
+            f"invalid log_grad_every={log_grad_every!r}: give N >= 1 steps, or 0 (off)"
+        )
     out_dir = Path(out_dir)
     dev = resolve_device(device)
     dist = DistInfo.from_env()
@@ -275,6 +344,7 @@ def fit(
         else None
     )
     data = data.to(dev)
+    check_model_fits_data(model, data, amp)  # before anything is written
     opt = make_optimizer(model, recipe)
     augment = recipe.augment if recipe.augment is not None else data.augment
 
@@ -282,10 +352,10 @@ def fit(
     ckpt_path = out_dir / CKPT_FILE
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
+        start_epoch, history = resume_point(ckpt, recipe.epochs)
         load_model_state(model, ckpt.model_state, ckpt_path)
         restore_optimizer(opt, ckpt)
         restore_rng(ckpt)
-        start_epoch, history = int(ckpt.meta["epoch"]), list(ckpt.meta.get("history", []))
         log.info("resuming %s at epoch %d", out_dir, start_epoch)
 
     run_info: dict[str, Any] = {
@@ -302,6 +372,7 @@ def fit(
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / RUN_FILE, json.dumps(run_info, indent=2))
         atomic_write_text(out_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
+        _truncate_grads(out_dir / GRADS_FILE, start_epoch)
 
     train_model: nn.Module = model
     if dist.world > 1:
@@ -496,6 +567,23 @@ def _log_grads(out_dir: Path, model: nn.Module, units: list, epoch: int, step: i
     norms = unit_grad_norms(model, units)
     with open(out_dir / GRADS_FILE, "a", encoding="utf-8") as f:
         f.write(json.dumps({"epoch": epoch + 1, "step": step, "unit_grad_norms": norms}) + "\n")
+
+
+def _truncate_grads(path: Path, epochs_done: int) -> None:
+    """On resume, drop the gradient rows logged in epochs after the checkpoint (they are
+    logged again) and a line torn by the kill, so each step appears once."""
+    if not path.exists():
+        return
+    rows = path.read_text().splitlines()
+    keep = []
+    for line in rows:
+        try:
+            if json.loads(line)["epoch"] <= epochs_done:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    if len(keep) != len(rows):
+        atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 def _tensorboard(out_dir: Path) -> Any:
