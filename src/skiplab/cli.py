@@ -35,7 +35,8 @@ def fail(message: str) -> None:
 
 
 def user_errors(fn: F) -> F:
-    """Turn a ``ValueError`` from the library into one line on stderr and exit 2."""
+    """Turn a ``ValueError`` from the library, or an ``OSError`` from a path the user gave
+    (an ``--out`` in a read-only place), into one line on stderr and exit 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -43,8 +44,15 @@ def user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except ValueError as err:
             fail(str(err))
+        except OSError as err:
+            where = f"{err.filename}: " if err.filename else ""
+            fail(f"{where}{err.strerror or err}; check that the path exists and is writable")
 
     return wrapper  # type: ignore[return-value]
+
+
+# YAML 1.1 reads 1e-3 (no dot) as a string; on the command line it is a number.
+_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 def parse_value(text: str) -> Any:
@@ -52,6 +60,8 @@ def parse_value(text: str) -> Any:
     or a comma-separated list (``concat,none,add,add``)."""
     if "," in text and not text.lstrip().startswith("["):
         return [parse_value(t) for t in text.split(",")]
+    if _EXPONENT.match(text.strip()):
+        return float(text)
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
@@ -89,6 +99,16 @@ def parse_data_options(items: list[str]) -> dict[str, Any]:
             raise ValueError(f"invalid --data-option {item!r}: use KEY=VALUE, e.g. n_train=20000")
         options[key.replace("-", "_")] = parse_value(value)
     return options
+
+
+def check_out_folder(out: Path) -> Path:
+    """Refuse an ``--out`` that is a file or lies under one, before anything runs."""
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ValueError(f"invalid --out {out}: {p} is a file; choose a folder")
+            break
+    return out
 
 
 def parse_shape(text: str | None) -> tuple[int, ...] | None:
@@ -159,6 +179,11 @@ def summary_cmd(
     from .models import create_model, summarize
 
     options = parse_options(ctx.args)
+    if not _is_import(name) and _is_run(name) and not _is_model_name(name):
+        raise ValueError(
+            f"summary takes a model name or MODULE:FACTORY, not a run ({name}); give the run's "
+            "model name and options (its run.json names them)"
+        )
     model = _import_model(name, options) if _is_import(name) else create_model(name, **options)
     shape = parse_shape(input_size)
     example = getattr(model, "example_input_shape", None)
@@ -197,12 +222,15 @@ def train_cmd(
     recipe: str = typer.Option(
         None,
         "--recipe",
-        help="preset: quick (digits), quick-seg (shapes), he2015-cifar, he2016-cifar (default elsewhere)",
+        help="preset: quick (digits), quick-seg (shapes), he2015-cifar, he2015-cifar-warmup, "
+        "he2016-cifar (default elsewhere)",
     ),
-    recipe_file: Path = typer.Option(None, "--recipe-file", help="YAML file of recipe fields"),
-    epochs: int = typer.Option(None, "--epochs"),
-    lr: float = typer.Option(None, "--lr"),
-    batch_size: int = typer.Option(None, "--batch-size"),
+    recipe_file: Path = typer.Option(
+        None, "--recipe-file", help="YAML file of recipe fields (and optionally preset: NAME)"
+    ),
+    epochs: int = typer.Option(None, "--epochs", help="overrides the recipe's"),
+    lr: float = typer.Option(None, "--lr", help="overrides the recipe's"),
+    batch_size: int = typer.Option(None, "--batch-size", help="overrides the recipe's"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto"),
     out: Path = typer.Option(None, "--out", help="run folder (default runs/NAME-DATA-sSEED)"),
@@ -232,6 +260,20 @@ def train_cmd(
     from .train.recipe import from_dict
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if _is_import(name):
+        raise ValueError(
+            f"train takes a model name (`skiplab models` lists them), not {name}; to train your "
+            "own model, call skiplab.train.fit(model, data, recipe, out_dir) in Python"
+        )
+    if _is_run(name) and not _is_model_name(name):
+        raise ValueError(
+            f"train takes a model name, not a run ({name}); to continue a run, give its model "
+            "name with --out RUN --resume"
+        )
+    if log_grad_every < 0:
+        raise ValueError(
+            f"invalid --log-grad-every {log_grad_every}: give N >= 1 steps, or 0 (off)"
+        )
     options = parse_options(ctx.args)
     overrides = {
         k: v
@@ -244,18 +286,27 @@ def train_cmd(
         if recipe is not None:
             raise ValueError("give --recipe or --recipe-file, not both")
         try:
-            fields = yaml.safe_load(recipe_file.read_text())
-        except (OSError, yaml.YAMLError) as err:
+            fields = yaml.safe_load(recipe_file.read_text()) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
             raise ValueError(f"cannot read --recipe-file {recipe_file}: {err}") from None
-        rec = from_dict({**(fields or {}), **overrides})
+        if not isinstance(fields, dict):
+            raise ValueError(
+                f"invalid --recipe-file {recipe_file}: expected a mapping of recipe fields, "
+                f"got {type(fields).__name__} (e.g. epochs: 30, or preset: quick)"
+            )
+        if "preset" in fields:  # as in a study's recipe: a preset and the fields it changes
+            fields = dict(fields)
+            rec = get_recipe(fields.pop("preset"), **{**fields, **overrides})
+        else:
+            rec = from_dict({**fields, **overrides})
     else:
         default = {"digits": "quick", "shapes": "quick-seg"}.get(data, "he2016-cifar")
         rec = get_recipe(recipe or default, **overrides)
+    out_dir = check_out_folder(out or default_out(name, data, seed))
     dataset = load_dataset(data, data_dir=data_dir, **parse_data_options(data_option or []))
     options = {**data_options(name, dataset.input_shape, dataset.num_classes), **options}
     torch.manual_seed(seed)
     model = create_model(name, **options)
-    out_dir = out or default_out(name, data, seed)
     result = fit(model, dataset, rec, out_dir, seed=seed, device=device, resume=resume, model_name=name,
                  model_options=options, tensorboard=tensorboard, progress=True,
                  log_grad_every=log_grad_every, cuda_graphs=cuda_graphs)  # fmt: skip
@@ -318,6 +369,11 @@ def _load_for_analysis(
         extra = (meta.get("data_options") or {}) if name == own else {}
         dataset = load_dataset(name, data_dir=data_dir, **{**extra, **data_opts})
         return model, dataset, f"{meta.get('model')} (trained, {path})", name
+    if not _is_import(target) and ("/" in target or os.sep in target):  # no model name has one
+        raise ValueError(
+            f"no run folder or file {target}: give an existing run folder, a .safetensors "
+            "file, or a model name (`skiplab models` lists them)"
+        )
     name = data or ("shapes" if target == "unet" else "digits")
     dataset = load_dataset(name, data_dir=data_dir, **data_opts)
     torch.manual_seed(seed)
@@ -380,6 +436,10 @@ def _import_model(target: str, options: dict[str, Any]) -> Any:
         model = factory(**options)
     except TypeError as err:
         raise ValueError(f"{target}({_kwargs(options)}) failed: {err}") from None
+    except Exception as err:  # noqa: BLE001 - the user's code: say what broke, no traceback
+        raise ValueError(
+            f"{target}({_kwargs(options)}) failed: {type(err).__name__}: {err}"
+        ) from None
     if not isinstance(model, nn.Module):
         raise ValueError(
             f"{target}() must return a torch nn.Module; it returned type {type(model).__name__}"
@@ -389,6 +449,17 @@ def _import_model(target: str, options: dict[str, Any]) -> Any:
 
 def _kwargs(options: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in options.items())
+
+
+def _is_model_name(name: str) -> bool:
+    """Whether ``name`` is in skiplab's registry (``resnet-20``, ``unet``, ...)."""
+    from .models import model_options
+
+    try:
+        model_options(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_run(target: str | None) -> bool:
@@ -444,19 +515,20 @@ def _analysis_out(out: Path | None, kind: str, target: str | None) -> Path:
             path = _run_file(target).resolve()  # type: ignore[arg-type]
             name = path.parent.name if path.stem in ("model", "checkpoint") else path.stem
         out = Path("analyses") / f"{kind}-{name}".replace(",", "_").replace(":", "_")
-    for p in (out, *out.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise ValueError(f"invalid --out {out}: {p} is a file; choose a folder")
-            break
-    return out
+    return check_out_folder(out)
 
 
 def _check_replace(out_dir: Path, invocation: dict[str, Any]) -> None:
     """Rerunning an analysis (same kind, model or run, options, data and seed) replaces its
     own result; a folder holding any other result is refused, so nothing is lost."""
     path = out_dir / "result.json"
+    figure = out_dir / f"{invocation['analysis']}.png"
     if not path.exists():
+        if figure.exists():  # not skiplab's (it writes result.json first): keep it
+            raise ValueError(
+                f"{out_dir} already holds {figure.name} and no result.json; choose another "
+                "--out (or move that file)"
+            )
         return
     try:
         old = json.loads(path.read_text())
@@ -479,11 +551,14 @@ def _check_replace(out_dir: Path, invocation: dict[str, Any]) -> None:
 
 def _int_list(flag: str, text: str) -> list[int]:
     try:
-        return [int(t) for t in text.split(",") if t.strip()]
+        values = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
+        values = []
+    if not values or min(values) < 1:
         raise ValueError(
-            f"invalid {flag} {text!r}: give comma-separated integers, e.g. {flag} 4,10,34"
-        ) from None
+            f"invalid {flag} {text!r}: give comma-separated positive integers, e.g. {flag} 4,10,34"
+        )
+    return values
 
 
 @app.command("analyze", context_settings=EXTRA)
@@ -493,7 +568,8 @@ def analyze_cmd(
     kind: str = typer.Argument(..., help=f"one of: {', '.join(ANALYSES)}"),
     target: str = typer.Argument(
         None,
-        help="model name, run folder or model.safetensors (identity/shattered: models, comma-separated)",
+        help="model name, MODULE:FACTORY, run folder or model.safetensors (identity/shattered: "
+        "models, comma-separated)",
     ),
     data: str = typer.Option(
         None, "--data", help="data set for the batch (default: the run's, or digits)"
@@ -531,10 +607,15 @@ def analyze_cmd(
         None, "--samples", help="pathgrad: single paths sampled per length (default 2; 0: none)"
     ),
 ) -> None:
-    """Run one analysis; write result.json and a PNG figure; print a summary."""
+    """Run one analysis of TARGET [--option value ...]; write result.json and a figure."""
     from . import analysis as A
     from .io import atomic_write_text
     from .provenance import provenance
+
+    args = list(ctx.args)
+    if target is not None and target.startswith("--"):  # an option click took for TARGET
+        args.insert(0, target)
+        target = None
 
     if kind not in ANALYSES:
         import difflib
@@ -563,7 +644,7 @@ def analyze_cmd(
             "initialisation, sampled paths, lesion draws and landscape directions)"
         )
     seed = 0 if seed is None else seed
-    options = parse_options(ctx.args)
+    options = parse_options(args)
     block_list = [b.strip() for b in blocks.split(",") if b.strip()] if blocks else None
     out_dir = _analysis_out(out, kind, target)
     # What makes two results the same analysis: a rerun of it replaces its result.
@@ -587,6 +668,8 @@ def analyze_cmd(
             kwargs["steps"] = steps
         if kind == "identity":
             kwargs.setdefault("seeds", [seed])
+            if not isinstance(kwargs["seeds"], list):  # --seeds 3: one seed
+                kwargs["seeds"] = [kwargs["seeds"]]
         else:
             kwargs.setdefault("seed", seed)
         label = f"{kind} ({target or 'default models'})"
@@ -679,7 +762,7 @@ def study_cmd(
         from .study.runner import auto_workers
 
         workers = auto_workers(device)
-    out_dir = out or Path("studies") / (study.name + ("-quick" if quick else ""))
+    out_dir = check_out_folder(out or Path("studies") / (study.name + ("-quick" if quick else "")))
     ex = None
     if executor == "ray":
         from .study.ray_executor import RayExecutor
@@ -773,9 +856,21 @@ def main() -> None:
         "PYTHONWARNINGS", "ignore:`torch.jit.script` is deprecated:FutureWarning"
     )  # workers
     try:
-        app()
+        code = app(prog_name="skiplab", standalone_mode=False)
+    except typer.TyperException as err:  # click's own checks (typer's copy of click)
+        if type(err).__name__ == "NoArgsIsHelpError":  # plain `skiplab`: the help
+            err.show()  # type: ignore[attr-defined]
+        else:  # one line, as for every bad input
+            ctx = getattr(err, "ctx", None)
+            see = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            typer.echo(f"error: {' '.join(err.format_message().split())}{see}", err=True)
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        typer.echo("Aborted!", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
