@@ -355,3 +355,98 @@ def test_gradflow_figure_takes_the_geometric_mean_over_seeds() -> None:
     assert g[0] == pytest.approx(1e-3) and math.isnan(g[1])
     fig = gradflow_figure({"init": {"net": seeds}})
     assert fig.png.startswith(b"\x89PNG") and "geometric mean over seeds" in fig.caption
+
+
+def _spectrum(levels: list[tuple[int, int]]) -> dict:
+    """A U-Net spectrum with one (paths, min) pair per long-skip level, top first."""
+    lvls = [{"name": f"level {i}", "total": n, "min": m if n else None, "max": m if n else None,
+             "counts": {str(m): n} if n else {}} for i, (n, m) in enumerate(levels)]  # fmt: skip
+    return {"total": 1 + sum(n for n, _ in levels), "min": 4, "max": 17, "mean": 10.0,
+            "has_linear_path": False, "counts": {"4": 1}, "levels": lvls}  # fmt: skip
+
+
+def test_unet_level_findings_name_the_open_skips() -> None:
+    """With the top skip switched off, the fewest nonlinearities are not 'through the top
+    skip': the finding names the levels whose skips are open."""
+    from skiplab.report.findings import paths_findings
+
+    text, _ = paths_findings({"all": _spectrum([(1, 4), (1, 9), (1, 14)]),
+                              "top-off": _spectrum([(0, 0), (1, 9), (1, 14)])})  # fmt: skip
+    (all_open,) = [t for t in text if t.startswith("In all ")]
+    (top_off,) = [t for t in text if t.startswith("In top-off ")]
+    assert "cross 4, 9, 14 nonlinearities, top level first" in all_open
+    assert all_open.endswith("with the fewest through the top skip.")
+    assert "cross 9, 14 nonlinearities, levels 1 and 2 (0 = top)" in top_off
+    assert "top skip" not in top_off and "the highest open skip (level 1)" in top_off
+
+
+def test_gradflow_findings_tell_apart_residual_nets_that_disagree() -> None:
+    """first/last ratio of 1 is perfectly even: resnet (2x) is more even than plain (0.01x),
+    preact (1000x) is not; the finding must not lump them together."""
+    from skiplab.report.findings import gradflow_findings
+
+    def res(ratio: float) -> dict:
+        return {"units": [{"grad_norm": ratio}, {"grad_norm": 1.0}], "layers": []}
+
+    by = {"plain-20": [res(0.01)], "resnet-20": [res(2.0)], "preact-resnet-20": [res(1000.0)]}
+    text, _ = gradflow_findings({"init": by})
+    assert ("At initialisation, the gradient flows more evenly through resnet-20 than through "
+            "the plain net, but not through preact-resnet-20") in text[1]  # fmt: skip
+    text, _ = gradflow_findings({"init": {**by, "preact-resnet-20": [res(0.5)]}})
+    assert "with less decay or growth than in the plain net" in text[1]
+    text, _ = gradflow_findings({"init": {**by, "resnet-20": [res(1e-4)]}})
+    assert "does not flow more evenly through the residual nets" in text[1]
+
+
+def test_runs_tables_mark_cut_text_and_skip_empty_tables() -> None:
+    from skiplab.report.findings import first_line, lesion_findings
+
+    assert first_line("a" * 300) == "a" * 199 + "…" and first_line("short\nmore") == "short"
+    assert first_line("x" * 400, 500) == "x" * 400
+    text, tables = lesion_findings({}, {"plain-8": "a plain net; use blocks=[...]"})
+    assert text == ["plain-8: no lesion (a plain net)."] and tables == []
+
+
+def _captured(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The matplotlib Figures that ``figures.render`` draws, kept for inspection."""
+    from skiplab.report import figures as F
+
+    figs: list = []
+    render = F.render
+
+    def spy(name, caption, draw, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        def keep(fig):  # noqa: ANN001, ANN202
+            draw(fig)
+            figs.append(fig)
+
+        return render(name, caption, keep, *args, **kwargs)
+
+    monkeypatch.setattr(F, "render", spy)
+    return figs
+
+
+def test_figures_keep_long_labels_inside_and_label_both_landscape_axes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from skiplab.report import figures as F
+
+    figs = _captured(monkeypatch)
+    nlc = {k: [{"value": 1.1, "per_unit": [{"nlc": 1.0}]}]
+           for k in ("plain-20", "preact-resnet-110 (B, zero-init)")}  # fmt: skip
+    F.nlc_figure(nlc)
+    fig = figs[-1]
+    renderer = fig.canvas.get_renderer()
+    assert all(t.get_window_extent(renderer).x0 >= 0 for t in fig.axes[0].get_yticklabels())
+    land = {"dims": 2, "coords": [-1.0, 0.0, 1.0], "values": [[2.0, 1.5, 2.0], [1.5, 1.0, 1.5],
+            [2.0, 1.5, 2.0]], "center_loss": 1.0}  # fmt: skip
+    F.landscape_figure({"plain-8": [land], "resnet-8": [land]})
+    axes = [ax for ax in figs[-1].axes if ax.get_title()]  # not the colour bars
+    assert [ax.get_xlabel() for ax in axes] == ["direction 1"] * 2
+    assert axes[0].get_ylabel() == "direction 2"
+    spectra = {f"m{i}": {"counts": {"1": 1, str(i + 2): 2}} for i in range(11)}
+    F.spectra_figure(spectra)
+    lines = figs[-1].axes[0].get_lines()
+    styles = {
+        (line.get_color(), line.get_linestyle()) for line in lines if line.get_label() in spectra
+    }
+    assert len(styles) == 11  # the palette has 10 colours: the 11th line differs in style

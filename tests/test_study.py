@@ -96,6 +96,78 @@ def write_spec(tmp_path: Path, spec: dict) -> Path:
             "(did you mean 'n_train'?)",
         ),
         ({"groups": [{**TINY["groups"][0], "data_options": [1]}]}, "groups[0].data_options"),
+        # the same run twice would share one row of study.db and one run folder
+        (
+            {"groups": [{**TINY["groups"][0], "models": ["plain-8", "plain-8"]}]},
+            "groups[0]: run g/plain-8/digits/s0 appears twice",
+        ),
+        ({"groups": [{**TINY["groups"][0], "seeds": [0, 0]}]}, "appears twice"),
+        (
+            {
+                "groups": [
+                    {
+                        **TINY["groups"][0],
+                        "models": [
+                            {"name": "plain-8", "label": "a"},
+                            {"name": "resnet-8", "label": "a"},
+                        ],
+                    }
+                ]
+            },
+            "run g/a/digits/s0 appears twice",
+        ),  # fmt: skip
+        (
+            {"experiments": [{"kind": "paths", "models": ["resnet-8", "resnet-8"]}]},
+            "experiments[0].models: 'resnet-8' appears twice",
+        ),
+        (
+            {
+                "groups": [
+                    {
+                        **TINY["groups"][0],
+                        "grid": {"width": list(range(1, 101)), "gate_bias": list(range(100))},
+                    }
+                ]
+            },
+            "groups[0].grid: the study expands to 30,000 runs",
+        ),  # fmt: skip
+        (
+            {"groups": [{**TINY["groups"][0], "analysis_options": {"lesion": {"drawz": 2}}}]},
+            "groups[0].analysis_options.lesion.drawz: unknown field (did you mean 'draws'?)",
+        ),
+        (
+            {"groups": [{**TINY["groups"][0], "analysis_options": {"lesion": 2}}]},
+            "groups[0].analysis_options.lesion: expected a mapping of options",
+        ),
+        (
+            {
+                "groups": [
+                    {**TINY["groups"][0], "analysis_options": {"lesion": {"models": ["resnet-9"]}}}
+                ]
+            },
+            "lesion.models[0]: 'resnet-9' is not a model of this group (did you mean 'resnet-8'?)",
+        ),  # fmt: skip
+        (
+            {"groups": [{**TINY["groups"][0], "subset": {"n_train": "all"}}]},
+            "groups[0].subset.n_train: expected a positive number of examples",
+        ),
+        (
+            {"groups": [{**TINY["groups"][0], "recipe": 3}]},
+            "groups[0].recipe: expected a preset name or a mapping",
+        ),
+        (
+            {"experiments": [{"kind": "identity", "options": {"depht": [4]}}]},
+            "experiments[0].options.depht: unknown field (did you mean 'depths'?)",
+        ),
+        (
+            {"experiments": [{"kind": "paths", "models": ["resnet-8"], "options": {"x": 1}}]},
+            "experiments[0].options: paths experiments take no options",
+        ),
+        # checked without --quick too: a typo there must not wait for the first --quick
+        ({"quick": {"groups": {"h": {"seeds": [1]}}}}, "quick.groups.h: no group of that name"),
+        ({"quick": {"groups": ["g"]}}, "quick.groups: expected a mapping of group name"),
+        ({"quick": {"groups": {"g": 3}}}, "quick.groups.g: expected a mapping"),
+        ({"quick": {"recipe": 3}}, "quick.recipe: expected a preset name or a mapping"),
     ],
 )
 def test_bad_spec_names_the_field(patch: dict, needle: str) -> None:
@@ -323,7 +395,8 @@ def test_bad_spec_file_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     (tmp_path / "empty.yaml").write_text("")
     cases = {"adir": "is a folder", "latin1.yaml": "not a UTF-8 text file",
-             "list.yaml": "expected a mapping with fields name", "empty.yaml": "the file is empty"}  # fmt: skip
+             "list.yaml": "mapping of fields such as name and groups, but this file holds a list",
+             "empty.yaml": "the file is empty"}  # fmt: skip
     for name, needle in cases.items():
         with pytest.raises(SpecError) as err:
             load_spec(tmp_path / name)
@@ -380,3 +453,106 @@ def test_jobs_get_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     spec = parse_spec({**TINY, "groups": [], "experiments": TINY["experiments"]})
     run_study(spec, "rel", data_dir="data", executor=ex, report=False).close()
     assert ex.fn.study_dir == str(Path.cwd() / "rel") and ex.fn.data_dir == str(Path.cwd() / "data")
+
+
+def test_quick_patches_an_experiment_named_by_its_kind() -> None:
+    spec = {**TINY, "experiments": [{"kind": "identity", "options": {"depths": [4, 10]}}],
+            "quick": {"experiments": {"identity": {"options": {"depths": [4]}}}}}  # fmt: skip
+    assert parse_spec(spec).experiment_specs()[0].options == {"depths": [4, 10]}
+    assert parse_spec(spec, quick=True).experiment_specs()[0].options == {"depths": [4]}
+
+
+def test_refused_duplicate_runs_write_nothing(tmp_path: Path) -> None:
+    """A spec whose runs collide is refused before the folder is claimed: fixed, it runs
+    into the same folder (it used to find a study.db with the bad spec and refuse)."""
+    bad = parse_spec({**TINY, "groups": [], "experiments": TINY["experiments"]})
+    bad.experiments = bad.experiments * 2  # made in Python, past parse_spec's check
+    out = tmp_path / "s"
+    with pytest.raises(ValueError, match="the same run twice"):
+        run_study(bad, out, report=False)
+    assert not (out / "study.db").exists()
+    spec = write_spec(
+        tmp_path, {**TINY, "groups": [{**TINY["groups"][0], "models": ["plain-8", "plain-8"]}]}
+    )
+    result = runner.invoke(app, ["study", str(spec), "--out", str(out)])
+    assert result.exit_code == 2 and "appears twice" in result.stderr
+    assert not (out / "study.db").exists()
+
+
+def test_yaml_errors_are_one_line_with_the_place(tmp_path: Path) -> None:
+    cases = {
+        "twice.yaml": ("name: a\nexperiments: [{kind: paths, models: [resnet-8]}]\nname: b\n",
+                       "line 3, column 1: while reading a mapping: the key 'name' is given twice"),
+        "flow.yaml": ("name: a\ngroups: [{name: g\n", "line 3, column 1: while parsing a flow mapping"),
+        "spec.toml": ('name = "a"\n[[groups]]\nname = "g"\n', "TOML is not read: write the spec in YAML"),
+    }  # fmt: skip
+    for name, (text, needle) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(SpecError) as err:
+            load_spec(tmp_path / name)
+        assert needle in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("content", ["garbage", "foreign", "old-runs"])
+def test_a_foreign_or_corrupt_study_db_is_refused_untouched(tmp_path: Path, content: str) -> None:
+    out = tmp_path / "s"
+    out.mkdir()
+    db_path = out / "study.db"
+    if content == "garbage":
+        db_path.write_bytes(b"\x07not sqlite" * 500)
+        needle = "is not a readable study database"
+    else:
+        db = sqlite3.connect(db_path)
+        db.execute("CREATE TABLE notes (text)" if content == "foreign" else "CREATE TABLE runs (x)")
+        db.commit()
+        db.close()
+        needle = "is not a skiplab study database"
+    before = db_path.read_bytes()
+    spec = parse_spec({**TINY, "groups": [], "experiments": TINY["experiments"]})
+    with pytest.raises(ValueError, match=needle):
+        run_study(spec, out)
+    with pytest.raises(ValueError, match=needle):
+        Store.open_existing(out)
+    assert db_path.read_bytes() == before and sorted(p.name for p in out.iterdir()) == [
+        ".study.lock",
+        "study.db",
+    ]
+
+
+def test_report_of_a_folder_whose_study_never_started_is_refused(tmp_path: Path) -> None:
+    Store(tmp_path).close()  # the tables, but no spec: nothing to report
+    with pytest.raises(ValueError, match="holds no study yet"):
+        Store.open_existing(tmp_path)
+
+
+def test_different_spec_message_names_the_first_difference(tmp_path: Path) -> None:
+    base = {**TINY, "groups": [], "experiments": TINY["experiments"]}
+    run_study(parse_spec(base), tmp_path / "s", report=False).close()
+    other = {**base, "recipe": {**TINY["recipe"], "epochs": 2}}
+    with pytest.raises(ValueError, match=r"different spec \(recipe\.epochs: 1 there, 2 here\)"):
+        run_study(parse_spec(other), tmp_path / "s")
+
+
+def test_paths_analysis_options_reach_the_analysis() -> None:
+    """``analysis_options.paths`` (until, blocks) was accepted and then ignored."""
+    import torch
+
+    from skiplab.data import TensorData
+    from skiplab.models import create_model
+    from skiplab.study.analyses import run_analysis
+
+    x = torch.randn(4, 1, 8, 8)
+    data = TensorData("toy", "classification", x, torch.zeros(4, dtype=torch.long), x,
+                      torch.zeros(4, dtype=torch.long), 10, "none")  # fmt: skip
+    model = create_model("plain-8", in_channels=1, num_classes=10)
+    full, _ = run_analysis("paths", model, data, {}, "plain-8", "cpu", 0)
+    part, _ = run_analysis(
+        "paths", model, data, {"paths": {"until": "stages.0"}}, "plain-8", "cpu", 0
+    )
+    assert part["min"] < full["min"]
+    parse_spec(
+        {
+            **TINY,
+            "groups": [{**TINY["groups"][0], "analysis_options": {"paths": {"until": "stages.0"}}}],
+        }
+    )

@@ -50,19 +50,24 @@ class FigureImage:
 
 
 def render(
-    name: str, caption: str, draw: Callable[[Figure], None], size: tuple[float, float]
+    name: str,
+    caption: str,
+    draw: Callable[[Figure], None],
+    size: tuple[float, float],
+    margins: dict[str, float] | None = None,
 ) -> FigureImage:
-    """Draw on a fresh Figure (no pyplot, so no global figure registry) and return its PNG."""
+    """Draw on a fresh Figure (no pyplot, so no global figure registry) and return its PNG;
+    ``margins`` overrides ``MARGINS`` (room for long tick labels or a legend outside)."""
     import matplotlib
 
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=size, dpi=DPI)
         FigureCanvasAgg(fig)
         draw(fig)
-        if not fig.get_suptitle():
-            fig.subplots_adjust(**MARGINS)
-        else:
-            fig.subplots_adjust(**{**MARGINS, "top": 0.86})
+        adjust = {**MARGINS, **(margins or {})}
+        if fig.get_suptitle():
+            adjust["top"] = 0.86
+        fig.subplots_adjust(**adjust)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=DPI)
     return FigureImage(name, caption, buf.getvalue())
@@ -70,6 +75,17 @@ def render(
 
 def color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
+
+
+def linestyle(i: int) -> str:
+    """Solid for the first round of the palette, then dashed, dotted: no two lines alike."""
+    return ("-", "--", ":")[i // len(PALETTE) % 3]
+
+
+def _label_margin(labels: list[str], width: float) -> float:
+    """The left margin (fraction of a ``width``-inch figure) that fits the longest y tick
+    label at the style's 9-point font (about 0.07 inch a character)."""
+    return min(0.45, max(MARGINS["left"], (0.15 + 0.07 * max(map(len, labels), default=0)) / width))
 
 
 def _log10(n: int) -> float:
@@ -94,20 +110,26 @@ def spectra_figure(spectra: dict[str, dict[str, Any]]) -> FigureImage:
             counts = {int(k): int(v) for k, v in (sp.get("counts") or {}).items() if int(v)}
             ks = sorted(counts)
             ax.plot(ks, [_log10(counts[k]) for k in ks], marker="o", ms=3, lw=1.5,
-                    color=color(i), label=label)  # fmt: skip
+                    color=color(i), ls=linestyle(i), label=label)  # fmt: skip
         ax.set_xlabel("nonlinearities on the path")
         ax.set_ylabel("log10(number of paths)")
         ax.set_title("Path spectra: how many paths cross how many nonlinearities")
         ax.axvline(0, color="0.5", lw=0.8, ls=":")
         _log_count_axis(ax)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(loc="best")
+        if outside:  # many models: a legend inside would cover the curves
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        else:
+            ax.legend(loc="best")
 
+    outside = len(spectra) > 5
+    width = 7.0 + (1.8 if outside else 0.0)
     return render(
         "path-spectra",
         "Path spectra (exact counts; log10 of the number of paths).",
         draw,
-        (7.0, 3.6),
+        (width, 3.6),
+        {"right": 1 - 2.0 / width, "left": 0.8 / width} if outside else None,
     )
 
 
@@ -396,7 +418,7 @@ def landscape_figure(by_label: dict[str, list[dict[str, Any]]]) -> FigureImage:
 
     def draw(fig: Figure) -> None:
         axes = fig.subplots(rows, cols, squeeze=False).ravel()
-        for ax, (label, res) in zip(axes, items, strict=False):
+        for i, (ax, (label, res)) in enumerate(zip(axes, items, strict=False)):
             coords = res.get("coords") or []
             vals = res.get("values") or []
             if res.get("dims") == 2 and vals:
@@ -410,6 +432,8 @@ def landscape_figure(by_label: dict[str, list[dict[str, Any]]]) -> FigureImage:
                 ax.plot([0], [0], marker="*", color="red", ms=8)
                 ax.set_aspect("equal")
                 ax.grid(False)
+                if i % cols == 0:  # once per row: beside a colourbar it would collide
+                    ax.set_ylabel("direction 2")
             elif vals:
                 ax.plot(coords, vals, marker="o", ms=3)
                 ax.set_ylabel("loss")
@@ -445,5 +469,6 @@ def nlc_figure(by_label: dict[str, list[dict[str, Any]]]) -> FigureImage:
         a2.legend(loc="best")
 
     return render(
-        "nlc", "Nonlinearity coefficient of each trained net and of each unit.", draw, (8.0, 3.2)
-    )
+        "nlc", "Nonlinearity coefficient of each trained net and of each unit.", draw, (8.0, 3.2),
+        {"left": _label_margin(list(by_label), 8.0)},
+    )  # fmt: skip

@@ -301,21 +301,33 @@ def paths_findings(spec: dict[str, dict[str, Any]]) -> tuple[list[str], list[Tab
             for i, lv in enumerate(levels)
         ]  # fmt: skip
         level_rows.extend(lvl_rows)
-        mins = [lv.get("min") for lv in levels if lv.get("total")]
+        # levels whose long skip is open (a switched-off skip carries no path)
+        open_ = [(i, lv.get("min")) for i, lv in enumerate(levels) if lv.get("total")]
+        mins = [m for _, m in open_]
         if len(mins) >= 2:
             increasing = all(a < b for a, b in zip(mins, mins[1:], strict=False))
             seq = ", ".join(str(v) for v in mins)
             single = all(int(lv.get("total") or 0) <= 1 for lv in levels)
+            if len(open_) == len(levels):
+                where = "top level first"
+                top = "the top skip"
+            else:
+                where = f"levels {join_and([str(i) for i, _ in open_])} (0 = top)"
+                top = (
+                    "the top skip"
+                    if open_[0][0] == 0
+                    else f"the highest open skip (level {open_[0][0]})"
+                )
             if increasing:
                 out.append(
                     f"In {k} the {'' if single else 'shortest '}paths through the long skips "
-                    f"cross {seq} nonlinearities, top level first: paths of increasing "
-                    "nonlinearity, with the fewest through the top skip."
+                    f"cross {seq} nonlinearities, {where}: paths of increasing "
+                    f"nonlinearity, with the fewest through {top}."
                 )
             else:
                 out.append(
                     f"In {k} the shortest paths through the long skips cross {seq} nonlinearities "
-                    "(top level first): not strictly increasing with depth."
+                    f"({where}): not strictly increasing with depth."
                 )
     if level_rows:
         tables.append(
@@ -527,16 +539,24 @@ def gradflow_findings(
             if plains and resid:
                 dev = {k: abs(math.log(max(ratios[k].mean, 1e-30))) for k in ratios}
                 p_dev = min(dev[k] for k in plains)
-                r_dev = max(dev[k] for k in resid)
-                if r_dev < p_dev:
+                even = [k for k in resid if dev[k] < p_dev]
+                if len(even) == len(resid):
                     out.append(
                         f"{when.capitalize()}, the gradient reaches the first units of the residual nets "
                         "with less decay or growth than in the plain net."
                     )
-                else:
+                elif not even:
                     out.append(
                         f"{when.capitalize()}, the gradient does not flow more evenly through the "
                         "residual nets than through the plain net here: contrary to the usual claim."
+                    )
+                else:
+                    rest = [k for k in resid if k not in even]
+                    out.append(
+                        f"{when.capitalize()}, the gradient flows more evenly through {join_and(even)} "
+                        f"than through the plain net, but not through {join_and(rest)}: contrary "
+                        "to the usual claim for "
+                        + ("that net." if len(rest) == 1 else "those nets.")
                     )
         if stds and phase == "trained":
             plains = [k for k in stds if k.startswith("plain")]
@@ -636,7 +656,9 @@ def identity_findings(res: dict[str, Any]) -> tuple[list[str], list[Table]]:
     ]  # fmt: skip
     table = Table(["task", "architecture", "depth", "final loss (MSE)", "steps to threshold",
                    "seeds reaching it"], rows,
-                  f"Learning f(x)=x and a random linear map; threshold {res.get('threshold')}, zero predictor = 1.")  # fmt: skip
+                  f"Learning f(x)=x and a random linear map; zero predictor = 1. Steps to threshold: the first step "
+                  f"where the running mean of the training loss is at or below {res.get('threshold')}; final loss: "
+                  "the trained net's MSE on fresh inputs, so it can be below the threshold that training never reached.")  # fmt: skip
     out = []
     depths = res.get("depths") or []
     for task in res.get("tasks") or []:
@@ -736,6 +758,8 @@ def lesion_findings(
             )
     for label, why in skipped.items():
         out.append(f"{label}: no lesion ({why.split(';')[0]}).")
+    if not rows:
+        return out, []
     table = Table(["model", "metric", "intact", "median, 1 unit deleted", "worst", "k random units deleted"],
                   rows, "Lesions: metric after deleting residual branches (keeping the shortcuts).")  # fmt: skip
     return out, [table]
@@ -937,8 +961,10 @@ def nlc_findings(by_label: dict[str, list[dict[str, Any]]]) -> tuple[list[str], 
 # --------------------------------------------------------------------------- runs, provenance
 
 
-def first_line(text: str | None) -> str:
-    return (text or "").strip().splitlines()[0][:200] if (text or "").strip() else ""
+def first_line(text: str | None, limit: int = 200) -> str:
+    """The first line of ``text``, cut to ``limit`` characters with an ellipsis."""
+    line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
 
 
 def runs_table(study: StudyData) -> Table:
@@ -952,7 +978,7 @@ def runs_table(study: StudyData) -> Table:
 
 
 def skipped_table(study: StudyData) -> Table | None:
-    rows = [[rid, kind, first_line(why)] for rid, kind, why in study.skipped()]
+    rows = [[rid, kind, first_line(why, 500)] for rid, kind, why in study.skipped()]
     return Table(["run", "analysis", "reason skipped"], rows) if rows else None
 
 
@@ -971,7 +997,10 @@ def runs_findings(study: StudyData) -> list[str]:
         out.append(f"Total compute time {sum(dur) / 60:.1f} min (sum over runs).")
     skipped = study.skipped()
     if skipped:
-        out.append(f"{len(skipped)} analyses were skipped (they did not apply; reasons below).")
+        out.append(
+            f"{len(skipped)} {'analysis was' if len(skipped) == 1 else 'analyses were'} skipped "
+            "(reasons below)."
+        )
     return out
 
 

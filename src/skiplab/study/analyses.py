@@ -7,6 +7,8 @@ with the reason, not as a failure.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,6 +26,43 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "landscape": {"dims": 2, "steps": 11, "span": 1.0, "images": 512},
     "nlc": {"batch": 128},
 }
+
+
+# Options a study draws the batch with (test images), not arguments of the analysis.
+BATCH_OPTIONS: dict[str, tuple[str, ...]] = {
+    "gradflow": ("batch",),
+    "pathgrad": ("batch",),
+    "landscape": ("images",),
+    "nlc": ("batch",),
+}
+# Arguments the study passes itself (the model, its data, the run's seed, the device) or
+# that YAML cannot hold (a loss function): not options of a study's analyses.
+_PASSED = ("model", "x", "target", "data", "example_input", "seed", "loss_fn", "device")
+
+
+def _functions() -> dict[str, Callable[..., Any]]:
+    from .. import analysis as A
+
+    return {
+        "paths": A.path_spectrum,
+        "gradflow": A.gradient_flow,
+        "pathgrad": A.path_gradients,
+        "lesion": A.lesion,
+        "landscape": A.loss_landscape,
+        "nlc": A.nonlinearity_coefficient,
+        "identity": A.identity_task,
+        "shattered": A.shattered_gradients,
+    }
+
+
+def option_names(kind: str, experiment: bool = False) -> list[str]:
+    """The options a spec may give analysis ``kind``: the function's keyword arguments
+    (less those the study passes itself) and, for a run analysis, ``models`` (the labels it
+    runs on) and the size of the test batch it is given."""
+    params = inspect.signature(_functions()[kind]).parameters
+    if experiment:
+        return [n for n in params if n != "device"]
+    return ["models", *BATCH_OPTIONS.get(kind, ()), *(n for n in params if n not in _PASSED)]
 
 
 def _test_batch(
@@ -55,7 +94,7 @@ def run_analysis(
     model.eval()
     try:
         if kind == "paths":
-            res = A.path_spectrum(model, data.test_x[:1].to(dev))
+            res = A.path_spectrum(model, data.test_x[:1].to(dev), **opts)
         elif kind == "gradflow":
             x, y = _test_batch(data, opts.pop("batch"), dev)
             res = A.gradient_flow(model, x, y, **opts)

@@ -286,6 +286,15 @@ def run_study(
         and not (out_dir / "study.db").exists()
     ):
         raise ValueError(f"{out_dir} is not empty and holds no study; choose a new or empty --out")
+    # before anything is written: a refused spec must not claim the folder
+    jobs = [Job(r.run_id, "run", _run_record(r)) for r in spec.runs()]
+    jobs += [Job(e.exp_id, "experiment", _exp_record(e)) for e in spec.experiment_specs()]
+    ids = [j.job_id for j in jobs]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(
+            f"the spec expands to the same run twice ({dup}); give the models distinct labels"
+        )
     with study_lock(out_dir):
         store = Store(out_dir)
         old = store.meta("spec")
@@ -293,20 +302,13 @@ def run_study(
             _spec_json(spec), sort_keys=True, default=str
         ):
             raise ValueError(
-                f"{out_dir} holds study {old.get('name')!r} with a different spec; resume it with the same "
-                "spec (and --quick setting), or choose another --out"
+                f"{out_dir} holds study {old.get('name')!r} with a different spec "
+                f"({_first_difference(old, _spec_json(spec))}); resume it with the same spec "
+                "(and --quick setting), or choose another --out"
             )
         store.set_meta("spec", _spec_json(spec))
         store.set_meta("source", spec.source)
         store.set_meta("provenance", provenance(device if device != "auto" else None))
-        jobs = [Job(r.run_id, "run", _run_record(r)) for r in spec.runs()]
-        jobs += [Job(e.exp_id, "experiment", _exp_record(e)) for e in spec.experiment_specs()]
-        ids = [j.job_id for j in jobs]
-        if len(set(ids)) != len(ids):
-            dup = next(i for i in ids if ids.count(i) > 1)
-            raise ValueError(
-                f"the spec expands to the same run twice ({dup}); give the models distinct labels"
-            )
         for j in jobs:
             store.add_run(j.job_id, j.kind, j.record)
         todo = [j for j in jobs if store.status(j.job_id) != "finished"]
@@ -351,6 +353,24 @@ def run_study(
 
             write_report(store, out_dir)
         return store
+
+
+def _first_difference(old: Any, new: Any, path: str = "") -> str:
+    """Where two specs (as JSON) first differ, e.g. ``recipe.epochs: 1 there, 2 here``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            where = f"{path}.{key}" if path else str(key)
+            if key not in new:
+                return f"{where}: in the folder's spec, not in this one"
+            if key not in old:
+                return f"{where}: in this spec, not in the folder's"
+            if old[key] != new[key]:
+                return _first_difference(old[key], new[key], where)
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            if a != b:
+                return _first_difference(a, b, f"{path}[{i}]")
+    return f"{path or 'spec'}: {json.dumps(old)[:60]} there, {json.dumps(new)[:60]} here"
 
 
 def _spec_json(spec: StudySpec) -> dict[str, Any]:

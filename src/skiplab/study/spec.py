@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,8 @@ TOP_FIELDS = (
 GROUP_FIELDS = ("name", "description", "data", "data_options", "models", "grid", "recipe", "seeds",
                 "analyses", "analysis_options", "subset")  # fmt: skip
 EXPERIMENT_FIELDS = ("name", "kind", "models", "input", "options")
+# More runs than this is a typo or a job for several studies (each run is validated on load).
+MAX_RUNS = 2000
 
 
 class SpecError(ValueError):
@@ -262,25 +265,56 @@ def _data_options(path: str, value: Any, datasets: list[str]) -> None:
                 )
 
 
+def _quick(raw: dict[str, Any], apply: bool) -> None:
+    """Check the spec's ``quick`` section (always: a typo there must not wait for the first
+    ``--quick``) and, with ``apply``, patch ``raw`` with it in place."""
+    q = _check_keys("quick", raw["quick"], ("seeds", "recipe", "groups", "experiments"))
+    if "recipe" in q:
+        base = raw.get("recipe") or {}
+        base = {"preset": base} if isinstance(base, str) else base
+        patch = {"preset": q["recipe"]} if isinstance(q["recipe"], str) else q["recipe"]
+        if not isinstance(patch, dict):
+            _fail("quick.recipe", "expected a preset name or a mapping of recipe fields")
+        if apply and isinstance(base, dict):  # a bad base recipe is reported as 'recipe'
+            raw["recipe"] = {**base, **patch}
+    if "seeds" in q and apply:
+        raw["seeds"] = q["seeds"]
+    for section in ("groups", "experiments"):
+        patches = q.get(section) or {}
+        if not isinstance(patches, dict):
+            _fail(
+                f"quick.{section}", f"expected a mapping of {section[:-1]} name -> fields to change"
+            )
+        items = raw.get(section) if isinstance(raw.get(section), list) else []
+        items = [item for item in items if isinstance(item, dict)]
+        # an experiment's name defaults to its kind
+        names = [i.get("name", i.get("kind") if section == "experiments" else None) for i in items]
+        for name, patch in patches.items():
+            if not isinstance(patch, dict):
+                _fail(
+                    f"quick.{section}.{name}",
+                    f"expected a mapping of the {section[:-1]}'s fields to change",
+                )
+            if name not in names:
+                known = ", ".join(str(n) for n in names if n is not None) or "none"
+                _fail(
+                    f"quick.{section}.{name}",
+                    f"no {section[:-1]} of that name; the spec has: {known}",
+                )
+            if apply:
+                for item, n in zip(items, names, strict=True):
+                    if n == name:
+                        item.update(patch)
+
+
 def parse_spec(raw: Any, source: str = "<spec>", quick: bool = False) -> StudySpec:
     """Validate a spec mapping (from YAML) and return a ``StudySpec``; raises ``SpecError``."""
     from ..data import list_datasets
 
     raw = _check_keys("", raw, TOP_FIELDS)
     raw = copy.deepcopy(raw)
-    if quick and raw.get("quick"):
-        q = _check_keys("quick", raw["quick"], ("seeds", "recipe", "groups", "experiments"))
-        if "seeds" in q:
-            raw["seeds"] = q["seeds"]
-        if "recipe" in q:
-            base = raw.get("recipe") or {}
-            base = {"preset": base} if isinstance(base, str) else dict(base)
-            raw["recipe"] = {**base, **q["recipe"]}
-        for section in ("groups", "experiments"):
-            for name, patch in (q.get(section) or {}).items():
-                for item in raw.get(section) or []:
-                    if item.get("name") == name:
-                        item.update(patch)
+    if raw.get("quick") is not None:
+        _quick(raw, apply=quick)
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         _fail("name", "missing or empty; give the study a name")
@@ -294,6 +328,7 @@ def parse_spec(raw: Any, source: str = "<spec>", quick: bool = False) -> StudySp
         _fail("groups", "a study needs at least one group or experiment")
     datasets = list_datasets()
     seen: set[str] = set()
+    n_runs = 0
     for i, g in enumerate(groups):
         p = f"groups[{i}]"
         _check_keys(p, g, GROUP_FIELDS)
@@ -320,20 +355,36 @@ def parse_spec(raw: Any, source: str = "<spec>", quick: bool = False) -> StudySp
         grid = g.get("grid") or {}
         if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
             _fail(f"{p}.grid", "expected a mapping of option -> non-empty list of values")
-        for j, m in enumerate(g["models"]):
-            for combo in [
-                dict(zip(grid, vals, strict=True)) for vals in itertools.product(*grid.values())
-            ] or [{}]:
-                _validate_model(f"{p}.models[{j}]", ModelSpec(m.name, {**m.options, **combo}), {})
         if "seeds" in g:
             _int_list(f"{p}.seeds", g["seeds"])
+        # counted before anything is expanded: a typo'd grid can mean millions of runs
+        n_runs += (
+            len(g.get("seeds") or seeds)
+            * len(g["models"])
+            * len(data)
+            * math.prod(map(len, grid.values()))
+        )
+        if n_runs > MAX_RUNS:
+            _fail(f"{p}.grid" if grid else p,
+                  f"the study expands to {n_runs:,} runs so far (seeds x models x grid x data sets), "
+                  f"more than the {MAX_RUNS:,} a study may hold; shrink the grid or split the study")  # fmt: skip
+        combos = [
+            dict(zip(grid, vals, strict=True)) for vals in itertools.product(*grid.values())
+        ] or [{}]
+        for j, m in enumerate(g["models"]):
+            for combo in combos:
+                _validate_model(f"{p}.models[{j}]", ModelSpec(m.name, {**m.options, **combo}), {})
         if "recipe" in g:
+            own = g["recipe"] or {}
+            own = {"preset": own} if isinstance(own, str) else own
+            if not isinstance(own, dict):
+                _fail(
+                    f"{p}.recipe",
+                    "expected a preset name or a mapping of recipe fields (with optional 'preset')",
+                )
             g["recipe"] = _recipe(
                 f"{p}.recipe",
-                {
-                    **({"preset": recipe["preset"]} if "preset" in recipe else {}),
-                    **(g["recipe"] or {}),
-                },
+                {**({"preset": recipe["preset"]} if "preset" in recipe else {}), **own},
             )
         analyses = _check_keys(f"{p}.analyses", g.get("analyses") or {}, ("init", "trained"))
         for phase, kinds in analyses.items():
@@ -351,9 +402,15 @@ def parse_spec(raw: Any, source: str = "<spec>", quick: bool = False) -> StudySp
                         f"unknown analysis {k!r}{hint}; allowed: {', '.join(RUN_ANALYSES)}",
                     )
         if "analysis_options" in g:
-            _check_keys(f"{p}.analysis_options", g["analysis_options"], RUN_ANALYSES)
+            # what run_analysis matches 'models' against: a run's label or its first word
+            shown = [ModelSpec(m.name, {**m.options, **c}, "" if c else m.label).display()
+                     for m in g["models"] for c in combos]  # fmt: skip
+            labels = {*shown, *(x.split(" ")[0] for x in shown)}
+            _analysis_options(f"{p}.analysis_options", g["analysis_options"], labels)
         if "subset" in g:
-            _check_keys(f"{p}.subset", g["subset"], ("n_train", "n_test"))
+            for key, n in _check_keys(f"{p}.subset", g["subset"], ("n_train", "n_test")).items():
+                if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+                    _fail(f"{p}.subset.{key}", f"expected a positive number of examples, got {n!r}")
     names: set[str] = set()
     for i, e in enumerate(experiments):
         p = f"experiments[{i}]"
@@ -380,11 +437,75 @@ def parse_spec(raw: Any, source: str = "<spec>", quick: bool = False) -> StudySp
             _fail(f"{p}.models", f"{e['kind']} experiments choose their models in options")
         if not isinstance(e.get("options") or {}, dict):
             _fail(f"{p}.options", "expected a mapping of the analysis' keyword arguments")
-    return StudySpec(
+        if e.get("options"):
+            from .analyses import option_names
+
+            if e["kind"] == "paths":
+                _fail(
+                    f"{p}.options",
+                    "paths experiments take no options; give the input shape as 'input'",
+                )
+            _check_keys(
+                f"{p}.options", e["options"], tuple(option_names(e["kind"], experiment=True))
+            )
+    spec = StudySpec(
         name=name, description=str(raw.get("description") or ""), reproduces=str(raw.get("reproduces") or ""),
         seeds=seeds, recipe=recipe, groups=groups, experiments=experiments,
         report=dict(raw.get("report") or {}), raw=raw, source=source,
     )  # fmt: skip
+    _check_unique(spec)
+    return spec
+
+
+def _check_unique(spec: StudySpec) -> None:
+    """Every run and every model of a paths experiment must be told apart: two runs with
+    one id would share a row of study.db and a run folder."""
+    seen: set[str] = set()
+    index = {g["name"]: i for i, g in enumerate(spec.groups)}
+    for run in spec.runs():
+        if run.run_id in seen:
+            _fail(
+                f"groups[{index[run.group]}]",
+                f"run {run.run_id} appears twice (the same model, options, data set and seed); "
+                "remove the duplicate, or give the models distinct labels",
+            )
+        seen.add(run.run_id)
+    for i, e in enumerate(spec.experiment_specs()):
+        labels = [m.display() for m in e.models]
+        dup = next((x for x in labels if labels.count(x) > 1), None)
+        if dup is not None:
+            _fail(
+                f"experiments[{i}].models",
+                f"{dup!r} appears twice; remove the duplicate, or give the models distinct labels",
+            )
+
+
+def _analysis_options(path: str, value: Any, labels: set[str]) -> None:
+    """Per-analysis options: known analyses, known option names, ``models`` naming models
+    of the group (a typo there would silently skip the analysis on every run)."""
+    from .analyses import option_names
+
+    for kind, opts in _check_keys(path, value, RUN_ANALYSES).items():
+        if opts is None:
+            continue
+        if not isinstance(opts, dict):
+            _fail(
+                f"{path}.{kind}", f"expected a mapping of options: {', '.join(option_names(kind))}"
+            )
+        _check_keys(f"{path}.{kind}", opts, tuple(option_names(kind)))
+        only = opts.get("models")
+        if only is None:
+            continue
+        if not isinstance(only, list) or not all(isinstance(x, str) for x in only):
+            _fail(f"{path}.{kind}.models", "expected a list of model labels, e.g. [resnet-20]")
+        for j, x in enumerate(only):
+            if x not in labels:
+                close = difflib.get_close_matches(x, sorted(labels), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                _fail(
+                    f"{path}.{kind}.models[{j}]",
+                    f"{x!r} is not a model of this group{hint}; the group has: {', '.join(sorted(labels))}",
+                )
 
 
 def load_spec(path: str | Path | None = None, *, quick: bool = False) -> StudySpec:
@@ -414,14 +535,53 @@ def load_spec(path: str | Path | None = None, *, quick: bool = False) -> StudySp
     except OSError as err:
         raise SpecError(f"cannot read study spec {p}: {err.strerror or err}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader, see below
     except yaml.YAMLError as err:
-        raise SpecError(f"{p}: not valid YAML ({err})".replace("\n", " ")) from None
+        raise SpecError(f"{p}: not valid YAML ({_yaml_problem(err)})") from None
     if raw is None:
         raise SpecError(
             f"{p}: the file is empty; a study spec needs a name and at least one group or experiment"
+        )
+    if not isinstance(raw, dict):
+        hint = " (TOML is not read: write the spec in YAML or JSON)" if p.suffix == ".toml" else ""
+        raise SpecError(
+            f"{p}: a study spec is a YAML (or JSON) mapping of fields such as name and groups, "
+            f"but this file holds a {type(raw).__name__}{hint}"
         )
     try:
         return parse_spec(raw, source=str(p), quick=quick)
     except SpecError as err:
         raise SpecError(f"{p}: {err}") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: what is wrong, and where (1-based line and column)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None)
+    if mark is None or not problem:
+        return " ".join(str(err).split())
+    context = getattr(err, "context", None)
+    return (
+        f"line {mark.line + 1}, column {mark.column + 1}: "
+        + (f"{context}: " if context else "")
+        + problem
+    )
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is an error: plain YAML
+    keeps the last one, silently dropping (say) a first ``groups:`` section."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, list | dict):
+                continue  # unhashable: let PyYAML report it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"the key {key!r} is given twice; keep one", key_node.start_mark,
+                )  # fmt: skip
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)

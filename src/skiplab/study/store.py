@@ -41,6 +41,14 @@ CREATE TABLE IF NOT EXISTS results (
 );
 """
 
+# the columns each table must have (an older or newer study.db may have more)
+_SCHEMA_COLUMNS = {
+    "study": {"key", "value"},
+    "runs": {"id", "kind", "spec", "status", "metrics", "history", "error", "started", "finished",
+             "duration_s", "attempts"},
+    "results": {"run_id", "phase", "kind", "result", "summary"},
+}  # fmt: skip
+
 DB_NAME = "study.db"
 LOCK_NAME = ".study.lock"
 
@@ -57,9 +65,35 @@ class Store:
         self.path = self.folder / DB_NAME
         self.folder.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        try:
+            self._check_schema()  # before the first write: never change a foreign file
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as err:
+            self.db.close()
+            raise ValueError(
+                f"{self.path} is not a readable study database ({err}); move it away, or choose "
+                "another --out"
+            ) from None
+        except ValueError:
+            self.db.close()
+            raise
+
+    def _check_schema(self) -> None:
+        """An existing database must be a study's: its tables with (at least) their columns."""
+        tables = [
+            r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        ]
+        if not tables:
+            return  # a new (or empty) database
+        for table, columns in _SCHEMA_COLUMNS.items():
+            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if not columns <= have:
+                raise ValueError(
+                    f"{self.path} is not a skiplab study database (it holds the tables "
+                    f"{', '.join(sorted(tables))}); move it away, or choose another --out"
+                )
 
     @classmethod
     def open_existing(cls, folder: str | Path) -> Store:
@@ -73,6 +107,11 @@ class Store:
             store.db.execute("SELECT count(*) FROM runs").fetchone()
         except sqlite3.DatabaseError as err:
             raise ValueError(f"{path} is not a readable study database ({err})") from None
+        if store.meta("spec") is None:
+            store.close()
+            raise ValueError(
+                f"{path} holds no study yet (no spec recorded); run `skiplab study SPEC --out {folder}` first"
+            )
         return store
 
     def close(self) -> None:
