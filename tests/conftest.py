@@ -23,3 +23,23 @@ def close_figures():
 
     if "matplotlib.pyplot" in sys.modules:
         sys.modules["matplotlib.pyplot"].close("all")
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """Write a user's module into a fresh working directory (the CLI imports MODULE:FACTORY
+    from there): ``user_module("mynet", SOURCE)`` returns the folder; the module is
+    forgotten afterwards."""
+    import sys
+
+    names = []
+
+    def write(name: str, source: str):
+        (tmp_path / f"{name}.py").write_text(source)
+        names.append(name)
+        return tmp_path
+
+    monkeypatch.chdir(tmp_path)
+    yield write
+    for name in names:
+        sys.modules.pop(name, None)

@@ -195,14 +195,9 @@ def not_a_model():
 
 
 @pytest.fixture
-def mynet(tmp_path: Path, monkeypatch):
+def mynet(user_module):
     """A user's model file in the working directory (not on sys.path: the CLI looks there)."""
-    import sys
-
-    (tmp_path / "mynet.py").write_text(MYNET)
-    monkeypatch.chdir(tmp_path)
-    yield tmp_path
-    sys.modules.pop("mynet", None)
+    return user_module("mynet", MYNET)
 
 
 def test_analyze_a_users_model_from_module_and_factory(mynet: Path) -> None:

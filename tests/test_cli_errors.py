@@ -32,14 +32,6 @@ def _one_line_error(result, needle: str) -> None:
     assert "Traceback" not in result.output
 
 
-@pytest.fixture
-def user_module(tmp_path: Path, monkeypatch):
-    (tmp_path / "userfactories.py").write_text(FACTORIES)
-    monkeypatch.chdir(tmp_path)
-    yield tmp_path
-    sys.modules.pop("userfactories", None)
-
-
 @pytest.mark.parametrize(
     ("factory", "needle"),
     [
@@ -47,11 +39,12 @@ def user_module(tmp_path: Path, monkeypatch):
         ("missing_key", "userfactories:missing_key() failed: KeyError: 'width'"),
     ],
 )
-def test_a_factory_that_raises_is_one_message(user_module: Path, factory: str, needle) -> None:
+def test_a_factory_that_raises_is_one_message(user_module, factory: str, needle) -> None:
+    folder = user_module("userfactories", FACTORIES)
     target = f"userfactories:{factory}"
     _one_line_error(runner.invoke(app, ["summary", target, "--input-size", "3"]), needle)
     _one_line_error(runner.invoke(app, ["analyze", "paths", target]), needle)
-    assert not (user_module / "analyses").exists()
+    assert not (folder / "analyses").exists()
 
 
 @pytest.mark.parametrize(
