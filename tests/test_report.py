@@ -450,3 +450,32 @@ def test_figures_keep_long_labels_inside_and_label_both_landscape_axes(
         (line.get_color(), line.get_linestyle()) for line in lines if line.get_label() in spectra
     }
     assert len(styles) == 11  # the palette has 10 colours: the 11th line differs in style
+
+
+def test_learning_curves_legend_beside_the_panels_and_plain_log_ticks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from skiplab.report import figures as F
+
+    figs = _captured(monkeypatch)
+    hist = [[{"epoch": e, "train_loss": 4.0 / 5**e, "test_acc": 0.2 * e} for e in (1, 2, 3)]]
+    F.curves_figure("d", "degradation", {f"m{i}": hist for i in range(6)}, "test_acc", "acc")
+    fig = figs[-1]
+    renderer = fig.canvas.get_renderer()
+    (legend,) = fig.legends
+    right = max(ax.get_window_extent(renderer).x1 for ax in fig.axes)
+    assert legend.get_window_extent(renderer).x0 >= right  # on no curve
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    assert fig.axes[0].get_yscale() == "log"
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels(minor=True) if t.get_text()]
+    labels += [t.get_text() for t in fig.axes[0].get_yticklabels() if t.get_text()]
+    assert labels and not any("times" in t or "^" in t for t in labels), labels
+
+
+def test_lesion_band_is_the_sample_std_over_seeds() -> None:
+    from skiplab.report.figures import _mean_std
+
+    means, stds = _mean_std([[1.0, 2.0], [3.0, 2.0]])
+    assert means == [2.0, 2.0]
+    assert stds == pytest.approx([2**0.5, 0.0])  # n - 1 in the denominator, as the tables
+    assert _mean_std([[5.0]]) == ([5.0], [0.0])

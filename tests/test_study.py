@@ -229,6 +229,10 @@ def test_quick_study_end_to_end_and_rerun_redoes_nothing(
     assert {r["id"] for r in doc["runs"]} == {r["id"] for r in runs}
     assert all("test_acc" in r["metrics"] for r in doc["runs"] if r["kind"] == "run")
     assert (out / "report.html").exists() and (out / "report.md").exists()
+    # --device auto: the report names the device the jobs resolved it to
+    devices = store.meta("devices")
+    assert devices and all(d.startswith("cpu (") for d in devices)
+    assert f"| device | {'; '.join(devices)} |" in (out / "report.md").read_text()
     finished = {r["id"]: r["finished"] for r in runs}
     store.close()
     store = run_study(parse_spec(TINY), out)  # nothing left to do

@@ -14,7 +14,7 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from .findings import mean_share, path_counts, seed_columns
 
@@ -156,6 +156,13 @@ def levels_figure(label: str, sp: dict[str, Any], slug: str) -> FigureImage:
 # --------------------------------------------------------------------------- training
 
 
+def _minor_log_label(value: float, _pos: int) -> str:
+    if value <= 0:
+        return ""
+    lead = round(value / 10 ** math.floor(math.log10(value)), 6)
+    return f"{value:g}" if lead in (2, 3, 5) else ""
+
+
 def curves_figure(slug: str, title: str, curves: dict[str, list[list[dict[str, Any]]]], metric: str,
                   metric_name: str) -> FigureImage:  # fmt: skip
     """Learning curves: train loss and the test metric per epoch, mean over seeds (band: ±std)."""
@@ -197,17 +204,24 @@ def curves_figure(slug: str, title: str, curves: dict[str, list[list[dict[str, A
             ax.set_xlabel("epoch")
             ax.set_ylabel(name)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            lo, hi = ax.get_ylim()
-            if key == "train_loss" and lo > 0 and hi / lo > 20:
+            ys = [y for line in ax.get_lines() for y in line.get_ydata()]
+            lo, hi = (min(ys), max(ys)) if ys else (0.0, 0.0)
+            if key == "train_loss" and lo > 0 and hi / lo > 10:  # the data's range, not the axis's
                 ax.set_yscale("log")
-        axes[1].legend(loc="best", ncol=1 if len(curves) < 6 else 2)
+                # 0.5, not 5 x 10^-1; minor ticks labelled at 2, 3 and 5 only
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+                ax.yaxis.set_minor_formatter(FuncFormatter(_minor_log_label))
+        # beside the panels, not on them: the curves fill both
+        handles, labels = axes[1].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
         fig.suptitle(title, fontsize=10)
 
     return render(
         f"curves-{slug}",
         f"{title}: learning curves (mean over seeds; band ±1 std).",
         draw,
-        (8.0, 3.3),
+        (9.5, 3.3),
+        margins={"left": 0.09, "right": 0.82},
     )
 
 
@@ -356,9 +370,12 @@ def lesion_figure(by_label: dict[str, list[dict[str, Any]]]) -> FigureImage:
 
 
 def _mean_std(rows: list[list[float]]) -> tuple[list[float], list[float]]:
-    """Column means and population stds of per-seed rows (``seed_columns``)."""
+    """Column means and sample stds of per-seed rows (``seed_columns``), as in the tables
+    and the learning curves (0 for a single seed)."""
     cols = seed_columns(rows)
-    return [statistics.fmean(c) for c in cols], [statistics.pstdev(c) for c in cols]
+    return [statistics.fmean(c) for c in cols], [
+        statistics.stdev(c) if len(c) > 1 else 0.0 for c in cols
+    ]
 
 
 # --------------------------------------------------------------------------- shattered

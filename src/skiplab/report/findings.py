@@ -54,6 +54,7 @@ class StudyData:
     source: str
     runs: list[RunData]
     session_s: float | None = None
+    devices: list[str] = field(default_factory=list)  # what the jobs ran on
 
     @property
     def training(self) -> list[RunData]:
@@ -125,6 +126,7 @@ def load_study(store: Store) -> StudyData:
         source=str(store.meta("source", "") or ""),
         runs=runs,
         session_s=store.meta("last_session_s"),
+        devices=list(store.meta("devices", []) or []),
     )
 
 
@@ -1015,7 +1017,11 @@ def provenance_table(study: StudyData) -> Table:
         ["torch", str(prov.get("torch", "–"))],
         ["python", str(prov.get("python", "–"))],
         ["platform", str(prov.get("platform", "–"))],
-        ["device", str(prov.get("device") or "auto (cuda if available, else cpu)")],
+        [
+            "device",
+            "; ".join(study.devices)
+            or str(prov.get("device") or "auto (cuda if available, else cpu)"),
+        ],
         ["seeds", ", ".join(map(str, seeds)) or "–"],
         ["compute time", f"{sum(dur) / 60:.1f} min over {len(dur)} runs" if dur else "–"],
     ]

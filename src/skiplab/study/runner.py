@@ -53,6 +53,18 @@ def _exp_from_record(d: dict[str, Any]) -> ExperimentSpec:
     return ExperimentSpec(**d)
 
 
+def device_used(device: str) -> str | None:
+    """The device a job on this process runs on, in words (``auto`` resolved here: on a
+    Ray worker, the worker's); ``None`` for a device that cannot be used."""
+    from ..provenance import device_name
+    from ..train.trainer import resolve_device
+
+    try:
+        return device_name(resolve_device(device))
+    except ValueError:
+        return None
+
+
 def execute_run(
     record: dict[str, Any], study_dir: str, device: str, data_dir: str | None
 ) -> dict[str, Any]:
@@ -106,7 +118,8 @@ def execute_run(
                     )
                 )
         return {"status": res.status, "metrics": res.final, "history": res.metrics, "results": results,
-                "error": res.message or None, "duration_s": time.perf_counter() - t0}  # fmt: skip
+                "error": res.message or None, "duration_s": time.perf_counter() - t0,
+                "device": device_used(device)}  # fmt: skip
     except Exception as err:  # noqa: BLE001 - a failed run is recorded, the study goes on
         log.warning("run %s failed: %s", run.run_id, err)
         tb = traceback.format_exc(limit=3)
@@ -122,7 +135,7 @@ def execute_experiment(record: dict[str, Any], device: str) -> dict[str, Any]:
     try:
         result, summary = run_experiment(exp, device)
         return {"status": "finished", "metrics": {}, "history": [], "results": [("experiment", exp.kind, result, summary)],
-                "error": None, "duration_s": time.perf_counter() - t0}  # fmt: skip
+                "error": None, "duration_s": time.perf_counter() - t0, "device": device_used(device)}  # fmt: skip
     except Exception as err:  # noqa: BLE001
         log.warning("experiment %s failed: %s", exp.name, err)
         return {"status": "failed", "metrics": {}, "history": [], "results": [],
@@ -328,6 +341,9 @@ def run_study(
             store.finish(job.job_id, status, metrics=out.get("metrics"), history=out.get("history"),
                          results=out.get("results", []), error=out.get("error"), duration_s=out.get("duration_s"))  # fmt: skip
             finished[0] += 1
+            used = out.get("device")  # as the job's process resolved --device (auto)
+            if used and used not in (devices := store.meta("devices", []) or []):
+                store.set_meta("devices", [*devices, used])
             # one line per job for logs (the bar is for terminals)
             log.info("[%d/%d] %s %s in %.1f s", finished[0], len(jobs), job.job_id, status,
                      out.get("duration_s") or 0.0)  # fmt: skip
