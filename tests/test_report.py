@@ -335,7 +335,10 @@ def test_pathgrad_findings_average_the_seeds() -> None:
 def test_lesion_figure_averages_the_seeds() -> None:
     from skiplab.report.figures import _mean_std, lesion_figure
 
-    assert _mean_std([[1.0, 0.0], [3.0, 0.0]]) == ([2.0, 0.0], [1.0, 0.0])
+    # the sample std over seeds (n - 1), as in the tables and the learning curves
+    means, stds = _mean_std([[1.0, 0.0], [3.0, 0.0]])
+    assert means == [2.0, 0.0] and stds == pytest.approx([2**0.5, 0.0])
+    assert _mean_std([[5.0]]) == ([5.0], [0.0])  # one seed: no band
 
     def res(base: float, singles: list[float], k_mean: float) -> dict:
         return {"metric": "accuracy", "baseline": base,
@@ -470,12 +473,3 @@ def test_learning_curves_legend_beside_the_panels_and_plain_log_ticks(
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels(minor=True) if t.get_text()]
     labels += [t.get_text() for t in fig.axes[0].get_yticklabels() if t.get_text()]
     assert labels and not any("times" in t or "^" in t for t in labels), labels
-
-
-def test_lesion_band_is_the_sample_std_over_seeds() -> None:
-    from skiplab.report.figures import _mean_std
-
-    means, stds = _mean_std([[1.0, 2.0], [3.0, 2.0]])
-    assert means == [2.0, 2.0]
-    assert stds == pytest.approx([2**0.5, 0.0])  # n - 1 in the denominator, as the tables
-    assert _mean_std([[5.0]]) == ([5.0], [0.0])
