@@ -147,6 +147,17 @@ def test_values_in_scientific_notation_are_numbers() -> None:
     assert result.exit_code == 0, result.output
 
 
+def test_values_are_read_as_yaml_1_2_not_1_1() -> None:
+    # YAML 1.1 would turn these into True, False, 8 and 750 (base 60)
+    assert parse_value("yes") == "yes" and parse_value("off") == "off"
+    assert parse_value("010") == 10 and parse_value("12:30") == "12:30"
+    assert parse_value("none") == "none" and parse_value("null") == "null"
+    assert parse_value("true") is True and parse_value("False") is False
+    assert parse_value("[concat, none, 2, 0.5]") == ["concat", "none", 2, 0.5]
+    assert parse_value("{n_train: 100, name: x}") == {"n_train": 100, "name": "x"}
+    assert parse_value("[yes, 010]") == ["yes", 10]
+
+
 def test_analysis_figure_not_overwritten(tmp_path: Path) -> None:
     """A folder holding a PNG of that name (but no result) is refused: nothing is lost."""
     out = tmp_path / "pictures"
@@ -197,3 +208,9 @@ def test_main_exit_codes(monkeypatch, capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         main()
     assert exit_.value.code == 0 and "analyze" in capsys.readouterr().out
+
+
+def test_identity_models_given_twice_is_refused(tmp_path: Path) -> None:
+    args = ["analyze", "identity", "plain", "--models", "resnet", "--out", str(tmp_path / "o")]
+    _one_line_error(runner.invoke(app, args), "give the models once")
+    assert not (tmp_path / "o").exists()

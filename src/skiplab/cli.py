@@ -51,22 +51,46 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-# YAML 1.1 reads 1e-3 (no dot) as a string; on the command line it is a number.
-_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+_INT = re.compile(r"[-+]?\d+")
+_FLOAT = re.compile(
+    r"[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)"
+)
+
+
+def _scalar(text: str) -> Any:
+    """One option value as YAML 1.2 reads it: ``true``/``false``, decimal numbers
+    (``1e-3``, ``010`` is ten), anything else a string (``yes``, ``on``, ``none`` stay
+    words, as YAML 1.1 would not keep them)."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if _INT.fullmatch(text):
+        return int(text)
+    if _FLOAT.fullmatch(text):
+        return float(text.replace(".inf", "inf").replace(".nan", "nan").lower())
+    return text
+
+
+def _typed(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _typed(v) for k, v in value.items()}
+    return _scalar(value)
 
 
 def parse_value(text: str) -> Any:
-    """A CLI option value: YAML scalars and lists (``0.5``, ``true``, ``[concat, none]``),
-    or a comma-separated list (``concat,none,add,add``)."""
-    if "," in text and not text.lstrip().startswith("["):
+    """A CLI option value: a scalar (``0.5``, ``true``, ``1e-3``), a YAML flow list or
+    mapping (``[concat, none]``, ``{n_train: 100}``), or a comma-separated list
+    (``concat,none,add,add``)."""
+    stripped = text.strip()
+    if "," in text and not stripped.startswith(("[", "{")):
         return [parse_value(t) for t in text.split(",")]
-    if _EXPONENT.match(text.strip()):
-        return float(text)
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    return text if value is None else value
+    if stripped.startswith(("[", "{")):
+        try:  # the structure from YAML, every scalar read as text and typed as above
+            return _typed(yaml.load(stripped, Loader=yaml.BaseLoader))
+        except yaml.YAMLError:
+            return text
+    return _scalar(stripped)
 
 
 def parse_options(args: list[str]) -> dict[str, Any]:
@@ -661,6 +685,11 @@ def analyze_cmd(
     if kind in ("identity", "shattered"):
         kwargs: dict[str, Any] = {"device": dev, **options}
         if target:
+            if "models" in options:
+                raise ValueError(
+                    f"give the models once: as the argument ({target}) or as --models "
+                    f"({options['models']}), not both"
+                )
             kwargs["models"] = target.split(",")
         if depths:
             kwargs["depths"] = _int_list("--depths", depths)
