@@ -147,3 +147,18 @@ def test_named_blocks_and_overriding_units_are_kept() -> None:
         "stages.2.0",
     ]
     assert len(find_units(model)) == 2  # the path analyses' view: its paths are unknown
+
+
+def test_unit_output_changed_in_place_later() -> None:
+    # A ReLU(inplace=True) after a unit overwrites the unit's output tensor: the gradient
+    # reported is still the one with respect to the output the unit returned.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 6), nn.ReLU(inplace=True), nn.Linear(6, 2))
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    r = gradient_flow(net, x, y, blocks=["1"])
+    h = net[1](net[0](x))
+    (g,) = torch.autograd.grad(F.cross_entropy(net[3](torch.relu(h)), y), h)
+    assert r.units[0]["grad_norm"] == pytest.approx(float(g.norm()), rel=1e-5)
+    assert r.units[0]["act_std"] == pytest.approx(float(h.detach().std()), rel=1e-5)
+    with torch.no_grad():
+        assert r.loss == pytest.approx(float(F.cross_entropy(net(x), y)), rel=1e-6)

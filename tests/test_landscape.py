@@ -290,3 +290,24 @@ def test_inplace_on_cuda_matches_the_cpu_loop():
     torch.testing.assert_close(b, a, rtol=1e-2, atol=1e-3)
     torch.testing.assert_close(c, a, rtol=5e-2, atol=1e-2)
     assert gpu.config["method"] == "inplace" and next(model.parameters()).is_cuda
+
+
+def test_batch_norm_without_running_statistics_is_flagged(caplog):
+    # Such BN normalises every forward pass by its own batch even in eval mode, so the
+    # landscape depends on how the data is split: the caller is told.
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.BatchNorm2d(4, track_running_stats=False),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64, 3),
+    )
+    x, y = cls_data(12)
+    whole = loss_landscape(model, (x, y), steps=3, method="loop")
+    split = loss_landscape(model, (x, y), steps=3, batch_size=4, method="loop")
+    assert values(whole).tolist() != values(split).tolist()
+    assert "1 keep no running statistics (track_running_stats=False)" in caplog.text
+    caplog.clear()
+    loss_landscape(small_cnn(), (x, y), steps=3)
+    assert "track_running_stats" not in caplog.text

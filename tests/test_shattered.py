@@ -101,3 +101,68 @@ def test_bad_input():
         shattered_gradients(["nosuchnet"], [4], inits=1)
     with pytest.raises(ValueError, match="depth"):
         shattered_gradients(["mlp"], [5], inits=1)
+
+
+def _pointwise_reference(net: nn.Module, bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
+    """Central differences of ``net`` in eval mode with ``bn`` normalising by fixed
+    statistics: those of its input on the batch ``x`` with dropout off."""
+    ref = nn.BatchNorm1d(bn.num_features).double()
+    ref.load_state_dict(bn.state_dict(), strict=False)
+    layers = [ref if m is bn else m for m in net]
+    ref_net = nn.Sequential(*layers).eval()
+    with torch.no_grad():
+        h = nn.Sequential(*layers[: layers.index(ref)])(x)
+        ref.running_mean.copy_(h.mean(0))
+        ref.running_var.copy_(h.var(0, unbiased=False))
+        eps = 1e-6
+        return ((ref_net(x + eps) - ref_net(x - eps)) / (2 * eps)).flatten()
+
+
+def test_input_gradient_batch_statistics_without_dropout():
+    # The statistics are those of the batch with dropout off, as in the pass that is
+    # differentiated (they used to be taken with dropout on).
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(1, 16), nn.Dropout(0.5), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 1)
+    ).double()
+    x = torch.linspace(-2, 2, 32, dtype=torch.float64)[:, None]
+    net.train()
+    g = input_gradient(net, x)
+    assert net.training and net[1].training  # modes restored
+    torch.testing.assert_close(g, _pointwise_reference(net, net[2], x), rtol=1e-5, atol=1e-7)
+
+
+def test_input_gradient_batch_norm_without_running_statistics():
+    # BN that keeps no running statistics also normalises by fixed batch statistics.
+    torch.manual_seed(0)
+    bn = nn.BatchNorm1d(16, track_running_stats=False)
+    net = nn.Sequential(nn.Linear(1, 16), bn, nn.ReLU(), nn.Linear(16, 1)).double()
+    x = torch.linspace(-2, 2, 32, dtype=torch.float64)[:, None]
+    g = input_gradient(net, x)
+    torch.testing.assert_close(g, _pointwise_reference(net, bn, x), rtol=1e-5, atol=1e-7)
+
+
+def test_input_gradient_leaves_running_statistics_alone():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(1, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 1))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    input_gradient(net, torch.linspace(-2, 2, 16)[:, None])
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert net.training
+
+
+def test_linear_net_gradient_is_constant_so_its_autocorrelation_is_nan(recwarn):
+    # A constant gradient has no variance to normalise by: NaN (see ``autocorrelation``),
+    # reported without numpy's warnings about empty slices.
+    res = shattered_gradients(
+        {"linear": lambda _depth: nn.Sequential(nn.Linear(1, 4), nn.Linear(4, 1))},
+        [4],
+        points=16,
+        inits=2,
+        max_lag=3,
+    )
+    row = res.row("linear", 4)
+    assert np.isnan(row.lag1_mean) and np.isnan(row.slope_mean)
+    assert all(np.ptp(g) == 0 for g in row.gradients)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

@@ -205,13 +205,19 @@ def gradient_flow(
     ]
 
     unit_out: list[Tensor | None] = [None] * len(units)
+    unit_version = [0] * len(units)
     unit_std = [math.nan] * len(units)
     layer_std = [math.nan] * len(layers)
+    copied: set[int] = set()  # units whose output the model later changes in place
 
     def unit_hook(i: int) -> Callable:
-        def fn(_m: nn.Module, _args: tuple, out: Any) -> None:
+        def fn(_m: nn.Module, _args: tuple, out: Any) -> Any:
             unit_out[i] = out if isinstance(out, Tensor) else None
+            unit_version[i] = out._version if isinstance(out, Tensor) else 0
             unit_std[i] = _std(out)
+            # The model gets a copy, so that an in-place op after the unit (a following
+            # ReLU(inplace=True)) leaves the recorded output, and its gradient, as it was.
+            return out.clone() if i in copied and isinstance(out, Tensor) else None
 
         return fn
 
@@ -233,6 +239,11 @@ def gradient_flow(
             # in place).
             xin = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
             loss = loss_fn(run_model(model, *(t.clone() for t in xin)), target)
+            copied.update(
+                i for i, t in enumerate(unit_out) if t is not None and t._version != unit_version[i]
+            )
+            if copied:  # once more, with copies of the outputs changed in place
+                loss = loss_fn(run_model(model, *(t.clone() for t in xin)), target)
             if not isinstance(loss, Tensor) or loss.dim() != 0:
                 shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
                 raise ValueError(f"loss_fn must return a scalar tensor, got {shape}")

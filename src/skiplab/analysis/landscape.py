@@ -708,6 +708,18 @@ def loss_landscape(
             f"needs method='inplace' or 'auto' (got method={method!r}); "
             "use precision='fp32' with 'vmap' and 'loop'",
         )
+    live = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None
+    ]
+    if live:  # eval mode cannot fix their statistics: each batch (or chunk) uses its own
+        log.warning(
+            "loss_landscape: %s keep no running statistics (track_running_stats=False), so "
+            "they normalise each forward pass by its own batch: the values depend on "
+            "batch_size (and, with method='inplace', on the memory budget's chunks)",
+            ", ".join(live),
+        )
     gen = torch.Generator().manual_seed(seed)
     directions = [random_direction(model, norm=norm, ignore=ignore, generator=gen)]
     if dims == 2:

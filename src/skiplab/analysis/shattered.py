@@ -17,23 +17,26 @@ Two measures of the signal, as pure helpers tested on synthetic signals:
 
 The 256 points go through the net as one batch, so BN normalises with the statistics
 of that batch, as in the paper; the gradient at each point is ``d out_i / d x_i`` with
-those statistics held fixed (see ``input_gradient``).
+those statistics held fixed, dropout off (see ``input_gradient``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models.layers import check_positive_int, invalid
 from ..models.registry import create_model
+from .gradflow import module_mode
 from .result import Result, new_axes
 
 log = logging.getLogger(__name__)
@@ -103,33 +106,15 @@ def spectral_slope(signal: Any) -> float:
     return float(slope)
 
 
-def _batch_statistics(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
-    """Each BN layer's mean and (biased) variance over the batch ``x``, as buffer overrides."""
-    stats: dict[str, Tensor] = {}
-    handles = []
-
-    def hook(name: str) -> Callable[..., None]:
-        def record(_m: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-            z = inputs[0].detach()
-            dims = [0] + list(range(2, z.dim()))
-            stats[f"{name}.running_mean"] = z.mean(dim=dims)
-            stats[f"{name}.running_var"] = z.var(dim=dims, unbiased=False)
-
-        return record
-
-    for name, m in model.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-            handles.append(m.register_forward_pre_hook(hook(name)))
-    was_training = model.training
-    try:
-        model.train()
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return stats
+def _fixed_batch_norm(m: nn.Module, args: tuple[Tensor, ...], _out: Tensor) -> Tensor:
+    """Forward hook: BN's output recomputed with the mean and (biased) variance of its
+    input on this batch taken as constants (detached), whether or not it keeps running
+    statistics."""
+    z = args[0]
+    dims = [0] + list(range(2, z.dim()))
+    mean = z.detach().mean(dim=dims)
+    var = z.detach().var(dim=dims, unbiased=False)
+    return F.batch_norm(z, mean, var, m.weight, m.bias, False, 0.0, m.eps)
 
 
 def input_gradient(model: nn.Module, x: Tensor) -> Tensor:
@@ -141,17 +126,22 @@ def input_gradient(model: nn.Module, x: Tensor) -> Tensor:
     (The gradient of ``sum_j out_j`` through live batch statistics would add, at each
     point, the sum of N cross terms of order 1/N: BN's backward pass removes the batch
     mean and the ``x_hat`` component of the incoming gradient, which is O(1), not small.)
-    Any BN running statistics and the model's mode are left as they were.
+    The net runs in eval mode (dropout off), so the statistics are those of the pass that
+    is differentiated; BN without running statistics is treated the same way. Any BN
+    running statistics and the modes of the model's modules are left as they were.
     """
-    stats = _batch_statistics(model, x)
-    was_training = model.training
+    handles = [
+        m.register_forward_hook(_fixed_batch_norm)
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
     try:
-        model.eval()  # BN reads the overridden statistics; dropout is off
-        x = x.detach().clone().requires_grad_(True)
-        out = torch.func.functional_call(model, stats, (x,), strict=False)
-        (grad,) = torch.autograd.grad(out.sum(), x)
+        with module_mode(model, False):
+            x = x.detach().clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(model(x).sum(), x)
     finally:
-        model.train(was_training)
+        for h in handles:
+            h.remove()
     return grad.detach().flatten()
 
 
@@ -308,6 +298,15 @@ def _check_depths(depths: Sequence[int]) -> list[int]:
     return out
 
 
+def _nan_mean_std(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std over axis 0 of the entries that are not NaN (the inits whose gradient
+    is constant have no autocorrelation); NaN where every entry is, without numpy's
+    warnings about empty slices."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(a, axis=0), np.nanstd(a, axis=0)
+
+
 def shattered_gradients(
     models: Sequence[ModelSpec] | Mapping[str, ModelSpec] = ("mlp", "resmlp", "preact-resmlp"),
     depths: Sequence[int] = (4, 10, 24, 50),
@@ -368,18 +367,20 @@ def shattered_gradients(
             g = np.stack(grads)  # [inits, points]
             acf = autocorrelation(g, max_lag)
             slopes = np.array([spectral_slope(gi) for gi in g])
-            log.debug("shattered %s depth %d: lag1 %.3f", label, depth, np.nanmean(acf[:, 1]))
+            acf_mean, acf_std = _nan_mean_std(acf)
+            slope_mean, slope_std = _nan_mean_std(slopes)
+            log.debug("shattered %s depth %d: lag1 %.3f", label, depth, acf_mean[1])
             rows.append(
                 ShatteredRow(
                     arch=label,
                     depth=depth,
                     gradients=g.tolist(),
-                    autocorr_mean=np.nanmean(acf, axis=0).tolist(),
-                    autocorr_std=np.nanstd(acf, axis=0).tolist(),
-                    lag1_mean=float(np.nanmean(acf[:, 1])),
-                    lag1_std=float(np.nanstd(acf[:, 1])),
-                    slope_mean=float(np.nanmean(slopes)),
-                    slope_std=float(np.nanstd(slopes)),
+                    autocorr_mean=acf_mean.tolist(),
+                    autocorr_std=acf_std.tolist(),
+                    lag1_mean=float(acf_mean[1]),
+                    lag1_std=float(acf_std[1]),
+                    slope_mean=float(slope_mean),
+                    slope_std=float(slope_std),
                 )
             )
     return ShatteredGradients(
