@@ -46,6 +46,8 @@ def is_valid(o: dict) -> bool:
         return False
     if o["init"] == "zero-last-norm" and o["norm"] == "none":
         return False
+    if o["init"] == "zero-last-norm" and o["placement"] == "relu-before-add" and o["act"] == "relu":
+        return False  # the zeroed branch ends on ReLU(0), whose slope is 0: it would stay dead
     if o["shortcut"] == "none" and (o["init"] != "he" or o["branch_scale"] == "rezero"):
         return False
     if "shortcut_scale" in o and o["shortcut"] != "scaling":

@@ -150,6 +150,29 @@ def test_from_torchvision_rejects_other_models() -> None:
         from_torchvision(torchvision.models.resnext50_32x4d())
 
 
+def test_from_torchvision_rejects_layouts_the_weights_do_not_show() -> None:
+    # Same parameter shapes, different network: converting would silently change outputs.
+    dilated = torchvision.models.resnet50(replace_stride_with_dilation=[False, True, True])
+    with pytest.raises(ValueError, match="dilation"):
+        from_torchvision(dilated)
+    no_pool = torchvision.models.resnet18()
+    no_pool.maxpool = nn.Identity()
+    with pytest.raises(ValueError, match="invalid stem.*7x7 stride-2 conv1"):
+        from_torchvision(no_pool)
+    cifar_stem = torchvision.models.resnet18()
+    cifar_stem.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    with pytest.raises(ValueError, match="invalid stem"):
+        from_torchvision(cifar_stem)
+    new_head = torchvision.models.resnet18()
+    new_head.fc = nn.Sequential(nn.Dropout(0.2), nn.Linear(512, 3))
+    with pytest.raises(ValueError, match="fc=Sequential"):
+        from_torchvision(new_head)
+    group_norm = torchvision.models.resnet18()
+    group_norm.layer2[1].bn2 = nn.GroupNorm(1, 128)
+    with pytest.raises(ValueError, match="BatchNorm2d"):
+        from_torchvision(group_norm)
+
+
 # --------------------------------------------------------------------------- unit anatomy
 
 
@@ -288,12 +311,56 @@ def test_projection_only_where_shape_changes() -> None:
 @pytest.mark.parametrize("init", ["zero-last-norm", "rezero"])
 def test_zero_initialised_units_start_as_their_shortcut(placement: str, init: str) -> None:
     options = {"init": "zero-last-norm"} if init == "zero-last-norm" else {"branch_scale": "rezero"}
+    if placement == "relu-before-add" and init == "zero-last-norm":
+        options["act"] = "gelu"  # a ReLU there would never leave zero (see below)
     model = skiplab.create_model("resnet-8", placement=placement, **options).eval()
     x = torch.randn(2, 16, 8, 8)
     unit = model.stages[0][0]
     with torch.no_grad():
         torch.testing.assert_close(unit(x), unit.post(unit.shortcut(x)))
         assert unit.branch(unit.preact(x)).abs().sum() > 0 or init == "zero-last-norm"
+
+
+@pytest.mark.parametrize(
+    ("placement", "act", "zeroed"),
+    [
+        ("original", "relu", "norm2"),  # Goyal et al. 2017: the branch ends on its BN
+        ("relu-only-preact", "relu", "norm2"),
+        ("bn-after-add", "relu", "conv2"),  # ends on a conv: zero it, not the BN before a ReLU
+        ("full-preact", "relu", "conv2"),
+        ("relu-before-add", "gelu", "norm2"),
+    ],
+)
+def test_zero_last_norm_branches_start_at_zero_and_learn(placement, act, zeroed) -> None:
+    torch.manual_seed(0)
+    model = skiplab.create_model("resnet-8", placement=placement, act=act, init="zero-last-norm")
+    unit = model.stages[0][0]
+    assert getattr(unit.branch, zeroed).weight.abs().sum() == 0
+    others = [m for n, m in unit.branch.named_children() if n != zeroed and hasattr(m, "weight")]
+    assert all(m.weight.abs().sum() > 0 for m in others)
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(5):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    h = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():  # the branch left zero: it is trainable, not dead
+        assert unit.branch(unit.preact(h)).abs().amax() > 1e-3
+
+
+def test_zero_last_norm_refuses_a_branch_that_would_stay_dead() -> None:
+    # ReLU before addition: a zeroed BN feeds ReLU(0) = 0 with slope 0, so nothing trains.
+    with pytest.raises(ValueError, match="placement='relu-before-add'.*slope 0.*rezero"):
+        skiplab.create_model("resnet-8", placement="relu-before-add", init="zero-last-norm")
+    with pytest.raises(ValueError, match=r"Sigmoid\(0\) = 0.5"):
+        skiplab.create_model(
+            "resnet-8", placement="relu-before-add", act="sigmoid", init="zero-last-norm"
+        )
+    # The pre-activation MLP of the identity task zeroes its last Linear layer.
+    mlp = skiplab.create_model("preact-resmlp-4", init="zero-last-norm")
+    assert mlp.units[0].branch.conv2.weight.abs().sum() == 0
+    assert (mlp.units[0].branch.norm1.weight == 1).all()
 
 
 def test_fixup_starts_as_identity_network() -> None:
@@ -307,6 +374,23 @@ def test_fixup_starts_as_identity_network() -> None:
     first = unit.branch.conv1.weight.std().item()
     he = math.sqrt(2.0 / (16 * 9))  # fan-out He std, before the L^(-1/(2m-2)) factor
     assert first == pytest.approx(he * 9 ** (-0.5), rel=0.25)
+
+
+def test_fixup_scalar_biases_and_multiplier_where_the_paper_puts_them() -> None:
+    # Zhang et al. 2019, rule 3: a scalar bias before each conv, linear and activation, a
+    # scalar multiplier in every branch (out * scale + bias); no norms.
+    model = skiplab.create_model("resnet-20", init="fixup", norm="none")
+    unit = model.stages[0][0]
+    assert [type(m).__name__ for m in unit.branch] == [
+        "ScalarBias", "Conv2d", "ScalarBias", "ReLU", "ScalarBias", "Conv2d", "Scale", "ScalarBias"
+    ]  # fmt: skip
+    assert [type(m).__name__ for m in model.head][-2:] == ["ScalarBias", "Linear"]
+    # Closed form: the He et al. 2015 weights (resnet-20 less its 1,376 BN parameters), one
+    # stem bias, 4 biases + 1 multiplier in each of the 9 units, one bias before the classifier.
+    assert n_params(model) == 269_722 - 1_376 + 1 + 9 * 5 + 1
+    bottleneck = skiplab.create_model("resnet-11", block="bottleneck", init="fixup", norm="none")
+    kinds = [type(m).__name__ for m in bottleneck.stages[0][0].branch]
+    assert kinds.count("ScalarBias") == 6 and kinds.count("Scale") == 1
 
 
 def test_mlp_family() -> None:

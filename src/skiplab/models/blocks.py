@@ -114,7 +114,8 @@ class ResidualUnit(nn.Module):
         shortcut: the shortcut variant (see ``SHORTCUTS``); ``"none"`` makes a plain unit.
         shortcut_scale / shortcut_dropout / gate_bias: parameters of those variants.
         branch_scale: constant factor on the branch, or ``"rezero"`` (learnable, init 0).
-        fixup: append Fixup's learnable scalar multiplier to the branch (Zhang et al. 2019).
+        fixup: add Fixup's scalar biases before the branch's weight layers and its learnable
+            scalar multiplier (Zhang et al. 2019); the norm slots take ``ScalarBias`` norms.
         conv_layer, norm_layer, act_layer: the parts; ``norm_layer=None`` means no norm.
     """
 
@@ -170,9 +171,16 @@ class ResidualUnit(nn.Module):
 
         # The residual branch, named conv1, norm1, act1, conv2, ...
         ops: list[tuple[str, nn.Module]] = []
+        # Fixup (Zhang et al. 2019, rule 3): a scalar bias before each weight layer and each
+        # activation (the norm slots hold the latter), and a scalar multiplier on the branch
+        # ahead of its last bias, as in out * scale + bias.
         for i, (cin, cout, k, s) in enumerate(layers, start=1):
             last = i == len(layers)
+            if fixup:
+                ops.append((f"bias{i}", ScalarBias()))
             ops.append((f"conv{i}", conv_layer(cin, cout, k, s)))
+            if last and fixup:
+                ops.append(("scale", Scale(1.0, learnable=True)))
             # "BN after addition" and full pre-activation end the branch on the weight layer.
             if norm_layer is not None and not (
                 last and placement in ("bn-after-add", "full-preact")
@@ -180,8 +188,6 @@ class ResidualUnit(nn.Module):
                 ops.append((f"norm{i}", norm_layer(cout)))
             if not last or placement == "relu-before-add":
                 ops.append((f"act{i}", act_layer()))
-        if fixup:
-            ops.append(("scale", Scale(1.0, learnable=True)))
         self.branch = nn.Sequential(OrderedDict(ops))
         self.num_branch_layers = len(layers)
 
@@ -300,14 +306,47 @@ class ResidualUnit(nn.Module):
 
     # Blocks own their init quirks (STYLE 5).
     def zero_init_last(self) -> None:
-        """Zero the gamma of the branch's last norm, so the unit starts as its shortcut."""
-        norms = [
-            m for m in self.branch if isinstance(m, NORM_TYPES) and not isinstance(m, ScalarBias)
-        ]
+        """Start the unit as its shortcut (Goyal et al. 2017) and keep the branch trainable.
+
+        Where the branch ends on its norm, zero that norm's gamma. Where it ends on a
+        weight layer (BN after addition, full pre-activation), zero that layer instead: a
+        zeroed norm followed by a ReLU would output exact zeros, where the ReLU's gradient
+        is 0, and the branch would never leave zero. A branch that ends on its activation
+        (ReLU before addition) needs an activation with act(0) = 0 and a nonzero slope there.
+        """
+        children = list(self.branch.children())
+        norms = [m for m in children if isinstance(m, NORM_TYPES) and not isinstance(m, ScalarBias)]
         if not norms or getattr(norms[-1], "weight", None) is None:
             raise ValueError(
                 "invalid init='zero-last-norm' with norm='none': the branch has no norm "
                 "to zero; use a norm ('batch', 'group', 'layer') or init='fixup'"
+            )
+        last = children[-1]
+        if last is norms[-1]:
+            nn.init.zeros_(last.weight)
+            return
+        if isinstance(last, nn.Conv2d | nn.Linear):
+            nn.init.zeros_(last.weight)
+            if last.bias is not None:
+                nn.init.zeros_(last.bias)
+            return
+        # The branch ends on its activation: zero the norm before it, if that is not a dead end.
+        with torch.enable_grad():
+            z = torch.zeros(1, requires_grad=True)
+            y = last(z * 1.0)
+            (slope,) = torch.autograd.grad(y.sum(), z, allow_unused=True)
+        value, slope = float(y.detach()), 0.0 if slope is None else float(slope)
+        if value != 0.0 or slope == 0.0:
+            why = (
+                f"{type(last).__name__}(0) = {value:g}, so the branch would not start at zero"
+                if value != 0.0
+                else f"{type(last).__name__} has slope 0 at 0, so the zeroed branch would get "
+                "no gradient and stay zero for ever"
+            )
+            raise ValueError(
+                f"invalid init='zero-last-norm' with placement={self.placement!r}: the branch "
+                f"ends on its activation and {why}; use branch_scale='rezero', or an activation "
+                "with act(0) = 0 and a nonzero slope there ('gelu', 'tanh', 'identity')"
             )
         nn.init.zeros_(norms[-1].weight)
 

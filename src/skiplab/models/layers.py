@@ -118,7 +118,7 @@ class Scale(nn.Module):
         return x * self.scale
 
     def extra_repr(self) -> str:
-        return f"{float(self.scale):g}, learnable={self.learnable}"
+        return f"{float(self.scale.detach()):g}, learnable={self.learnable}"
 
 
 def _groups(channels: int, max_groups: int = 32) -> int:

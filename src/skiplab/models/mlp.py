@@ -13,7 +13,15 @@ from torch import Tensor, nn
 
 from .blocks import ResidualUnit
 from .layers import ActLayer, check_positive_float, check_positive_int, linear_layer
-from .resnet import UnitArgs, _unit_args, head_pre, init_weights, resolve_parts, stem_tail
+from .resnet import (
+    UnitArgs,
+    _unit_args,
+    fixup_bias,
+    head_pre,
+    init_weights,
+    resolve_parts,
+    stem_tail,
+)
 
 
 class ResMLP(nn.Module):
@@ -52,7 +60,7 @@ class ResMLP(nn.Module):
                 for _ in range(num_units)
             )
         )
-        head = head_pre(placement, norm_layer, act_layer, hidden)
+        head = head_pre(placement, norm_layer, act_layer, hidden) + fixup_bias(unit.init)
         head.append(("fc", nn.Linear(hidden, num_classes)))
         self.head = nn.Sequential(OrderedDict(head))  # [N, num_classes]
         self.example_input_shape = (in_channels,)

@@ -125,6 +125,11 @@ def head_pre(placement: str, norm_layer: NormLayer | None, act_layer: ActLayer, 
     return parts
 
 
+def fixup_bias(init: str) -> list:
+    """Fixup's scalar bias before the classifier (Zhang et al. 2019, rule 3)."""
+    return [("bias", ScalarBias())] if init == "fixup" else []
+
+
 def init_weights(model: nn.Module, init: str, classifier: nn.Module | None) -> None:
     """He init for weight layers (fan-out for convs, as torchvision), norms at 1/0, then the
     chosen init's quirks, applied by the units themselves."""
@@ -211,6 +216,7 @@ class ResNet(nn.Module):
 
         head = head_pre(placement, norm_layer, act_layer, ch)
         head += [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten(1))]
+        head += fixup_bias(unit.init)
         head.append(("fc", nn.Linear(ch, num_classes)))
         self.head = nn.Sequential(OrderedDict(head))  # [N, num_classes]
         self.num_features = ch
