@@ -31,8 +31,8 @@ Design, and why:
   eval mode (BN running statistics) on a held-out set of ``eval_points`` fresh inputs.
 - Default architectures: plain MLP, post-activation residual MLP (He et al. 2015, ReLU
   after the addition), pre-activation residual MLP (He et al. 2016) and the same
-  pre-activation MLP with ``init="zero-last-norm"`` (zero gamma of the branch's last BN,
-  Goyal et al. 2017), which starts every unit as exactly its shortcut. The zero-init
+  pre-activation MLP with ``init="zero-last-norm"`` (Goyal et al. 2017; its branch ends
+  on a linear layer, which is zeroed), which starts every unit as exactly its shortcut. The zero-init
   variant changes only the initialisation of the pre-activation net, so the two differ
   in one thing.
 """
