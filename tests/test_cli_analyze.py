@@ -17,7 +17,7 @@ runner = CliRunner()
     ("args", "check"),
     [
         (["paths", "resnet-20"], lambda r: r["min"] == 10 and r["max"] == 19 and r["total"] == 512),
-        (["paths", "preact-resnet-20"], lambda r: r["min"] == 1),
+        (["paths", "preact-resnet-20"], lambda r: r["min"] == 2),
         (["gradflow", "resnet-8", "--width", "0.5"], lambda r: len(r["units"]) == 3),
         (["pathgrad", "resnet-8", "--batch", "4"], lambda r: len(r["norms"]) == 4),
         (

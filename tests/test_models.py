@@ -226,12 +226,31 @@ def _silence_branch(unit: ResidualUnit) -> None:
 
 
 def test_preact_identity_shortcut_carries_raw_input() -> None:
-    model = skiplab.create_model("preact-resnet-8").eval()
-    unit = model.stages[0][0]
+    model = skiplab.create_model("preact-resnet-14").eval()
+    unit = model.stages[0][1]
     _silence_branch(unit)
     x = torch.randn(2, 16, 8, 8)
     torch.testing.assert_close(unit(x), x)  # no BN or ReLU on the identity path
     assert not unit.shortcut_reads_preact
+
+
+@pytest.mark.parametrize("name", ["preact-resnet-8", "preact-resnet18"])
+@pytest.mark.parametrize("placement", ["full-preact", "relu-only-preact"])
+def test_preact_first_unit_activates_before_splitting(name: str, placement: str) -> None:
+    # He et al. 2016, Sec. 4: the first unit after conv1 takes "the first activation right
+    # after conv1 and before splitting into two paths": its identity shortcut carries the
+    # pre-activated input; the units after it carry their raw input.
+    model = skiplab.create_model(name, placement=placement).eval()
+    first = model.stages[0][0]
+    assert first.shortcut_kind == "identity" and first.shortcut_reads_preact
+    assert not any(u.shortcut_reads_preact for u in list(model.stages[0])[1:])
+    _silence_branch(first)
+    x = torch.randn(2, model.stages[0][0].branch.conv1.in_channels, 8, 8)
+    torch.testing.assert_close(first(x), first.preact(x))
+    assert (first(x) >= 0).all()  # a ReLU ends the pre-activation
+    # post-activation nets keep their stem's norm + ReLU, and no unit reads a pre-activation
+    post = skiplab.create_model(name.removeprefix("preact-"))
+    assert not any(u.shortcut_reads_preact for stage in post.stages for u in stage)
 
 
 def test_preact_projection_reads_preactivated_input() -> None:
@@ -316,8 +335,8 @@ def test_zero_initialised_units_start_as_their_shortcut(placement: str, init: st
     model = skiplab.create_model("resnet-8", placement=placement, **options).eval()
     x = torch.randn(2, 16, 8, 8)
     unit = model.stages[0][0]
-    with torch.no_grad():
-        torch.testing.assert_close(unit(x), unit.post(unit.shortcut(x)))
+    with torch.no_grad():  # (the first unit's shortcut reads the pre-activation in preact nets)
+        torch.testing.assert_close(unit(x), unit.post(unit.shortcut_path(x)))
         assert unit.branch(unit.preact(x)).abs().sum() > 0 or init == "zero-last-norm"
 
 

@@ -54,28 +54,40 @@ def test_resnet110_binomial() -> None:
     assert set(r.nonlinear_ops) == {"relu"}
 
 
-def test_preact_resnet110_odd_spectrum_and_until() -> None:
-    # Full pre-activation: two ReLUs per branch, identity shortcuts, a final BN-ReLU.
+def test_preact_resnet110_spectrum_and_until() -> None:
+    # Full pre-activation: two ReLUs per branch, identity shortcuts, a final BN-ReLU. The
+    # first unit activates before splitting (He et al. 2016, Sec. 4), so both its paths
+    # cross that BN-ReLU: z (final) * (z + z^2) (first unit) * (1 + z^2)^53.
     model = skiplab.create_model("preact-resnet-110").eval()
     r = path_spectrum(model, X8)
-    assert r.counts == {1 + 2 * k: math.comb(54, k) for k in range(55)}
-    assert r.min == 1 and r.has_linear_path is False
-    assert "every path crosses at least 1 nonlinearity\n" in r.summary()
-    # Up to the last unit's output the identity path is purely linear (He et al. 2016).
+    expected = poly_mul({1: 1}, poly_mul({1: 1, 2: 1}, poly_pow({0: 1, 2: 1}, 53)))
+    assert r.counts == expected
+    assert r.counts[2] == 1 and r.counts[3] == 1 and r.counts[4] == 53
+    assert r.min == 2 and r.has_linear_path is False
+    assert "every path crosses at least 2 nonlinearities\n" in r.summary()
+    # From the first unit's output to the last unit's, the identity path is purely linear
+    # (He et al. 2016): up to the last unit only the first activation is left on it.
     r = path_spectrum(model, X8, until="stages.2.17")
     assert r.end == "stages.2.17"
-    assert r.counts == {2 * k: math.comb(54, k) for k in range(55)}
-    assert r.has_linear_path is True
+    assert r.counts == poly_mul({1: 1, 2: 1}, poly_pow({0: 1, 2: 1}, 53))
+    assert r.min == 1
+    r = path_spectrum(model.stages, torch.randn(1, 16, 8, 8), until="2.17")  # units 2-54
+    assert r.min == 1  # the first unit's activation, shared by both of its paths
+    r = path_spectrum(nn.Sequential(*list(model.stages[0])[1:], model.stages[1], model.stages[2]),
+                      torch.randn(1, 16, 8, 8))  # fmt: skip
+    assert r.counts == {2 * k: math.comb(53, k) for k in range(54)}
+    assert r.has_linear_path is True  # after the first unit: a path with no nonlinearity
 
 
 def test_preact_projection_reads_preactivated_input() -> None:
     # Projection shortcuts only where the shape changes (first units of stages 2 and 3);
-    # they read the pre-activated input, so their shortcut crosses one ReLU. Generating
-    # function: z (final ReLU) * (1 + z^2)^52 * (z + z^2)^2.
+    # they read the pre-activated input, so their shortcut crosses one ReLU, as the very
+    # first unit's identity shortcut does. Generating function: z (final ReLU) *
+    # (1 + z^2)^51 * (z + z^2)^3.
     r = spectrum("preact-resnet-110", shortcut="projection")
-    expected = poly_mul(poly_mul({1: 1}, poly_pow({0: 1, 2: 1}, 52)), poly_pow({1: 1, 2: 1}, 2))
+    expected = poly_mul(poly_mul({1: 1}, poly_pow({0: 1, 2: 1}, 51)), poly_pow({1: 1, 2: 1}, 3))
     assert r.counts == expected
-    assert r.min == 3 and r.max == 1 + 2 * 54
+    assert r.min == 4 and r.max == 1 + 2 * 54
 
 
 @pytest.mark.parametrize("depth", [20, 32])

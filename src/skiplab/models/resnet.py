@@ -212,6 +212,13 @@ class ResNet(nn.Module):
                 )
                 ch = out_ch
             stage_modules.append(nn.Sequential(*units))
+        first = stage_modules[0][0] if stage_modules and len(stage_modules[0]) else None
+        if placement in PREACT_PLACEMENTS and first is not None and first.shortcut is not None:
+            # He et al. 2016, Sec. 4: "for the first Residual Unit (that follows a
+            # stand-alone convolutional layer, conv1), we adopt the first activation right
+            # after conv1 and before splitting into two paths": its shortcut, identity or
+            # not, reads the pre-activated input (He et al.'s code: 'both_preact').
+            first.shortcut_reads_preact = True
         self.stages = nn.Sequential(*stage_modules)  # [N, C_last, H / 2^(stages-1), ...]
 
         head = head_pre(placement, norm_layer, act_layer, ch)
