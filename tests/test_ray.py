@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import threading
 import time
@@ -62,7 +63,7 @@ def _dies_once(marker: str):
     def fn(job: Job) -> dict:
         if not os.path.exists(marker):
             open(marker, "w").close()
-            os._exit(1)  # the worker process is lost midway
+            os.kill(os.getpid(), signal.SIGKILL)  # the worker process is lost midway (OOM)
         return {"status": "finished", "metrics": {"job": job.job_id}, "results": []}
 
     return fn
@@ -70,26 +71,80 @@ def _dies_once(marker: str):
 
 def test_lost_worker_is_retried_and_recorded_once(tmp_path: Path, local_ray) -> None:
     marker = str(tmp_path / "died-once")
+    started: list[str] = []
     recorded: list[tuple[str, dict]] = []
     ex = RayExecutor(workers=1, device="cpu", max_retries=2)
-    ex.map([Job("a", "run", {})], _dies_once(marker), on_start=lambda j: None,
+    ex.map([Job("a", "run", {})], _dies_once(marker), on_start=lambda j: started.append(j.job_id),
            on_done=lambda j, out: recorded.append((j.job_id, out)))  # fmt: skip
     assert os.path.exists(marker)  # the first attempt died
     assert recorded == [("a", {"status": "finished", "metrics": {"job": "a"}, "results": []})]
+    assert started == ["a", "a"]  # each attempt is started: the store counts attempts
 
 
-def test_retries_exhausted_is_a_failed_run_not_a_crash(tmp_path: Path, local_ray) -> None:
+@pytest.mark.parametrize("max_retries", [0, 1])
+def test_retries_exhausted_is_a_failed_run_not_a_crash(
+    tmp_path: Path, local_ray, max_retries: int
+) -> None:
+    """``max_retries`` is the whole story: Ray's own retries (3 by default) are not added
+    unseen (max_retries=0: the run that dies once is failed), and the reason names the
+    attempts."""
+
     def always_dies(job: Job) -> dict:
-        os._exit(1)
+        os.kill(os.getpid(), signal.SIGKILL)
 
-    recorded = []
-    RayExecutor(workers=1, device="cpu", max_retries=0).map(
+    fn = _dies_once(str(tmp_path / "died-once")) if max_retries == 0 else always_dies
+    started, recorded = [], []
+    RayExecutor(workers=1, device="cpu", max_retries=max_retries).map(
         [Job("b", "run", {})],
-        always_dies,
-        on_start=lambda j: None,
+        fn,
+        on_start=lambda j: started.append(j.job_id),
         on_done=lambda j, out: recorded.append(out),
     )
     assert len(recorded) == 1 and recorded[0]["status"] == "failed"
+    n = max_retries + 1
+    assert started == ["b"] * n
+    assert f"gave up after {n} attempt" in recorded[0]["error"], recorded[0]["error"]
+    assert "WorkerCrashedError" in recorded[0]["error"]
+
+
+def test_an_interrupted_map_cancels_its_tasks(tmp_path: Path, local_ray) -> None:
+    """Ctrl-C in the driver: the tasks in flight stop (a Ray instance the caller started
+    stays up, so nothing else would stop them)."""
+
+    def works(job: Job) -> dict:
+        (tmp_path / f"{job.job_id}.pid").write_text(str(os.getpid()))
+        time.sleep(120)
+        return {"status": "finished", "results": []}
+
+    def interrupt(job: Job, out: dict) -> None:
+        raise AssertionError("no job should finish")
+
+    ex = RayExecutor(workers=1, device="cpu")
+    real_wait = ray.wait
+
+    def wait(refs, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        while not (tmp_path / "d.pid").exists():
+            time.sleep(0.1)
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ray, "wait", wait)
+        with pytest.raises(KeyboardInterrupt):
+            ex.map([Job("d", "run", {})], works, lambda j: None, interrupt)
+    pid = int((tmp_path / "d.pid").read_text())
+    deadline = time.time() + 20
+    while _alive(pid) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _alive(pid)
+    assert real_wait([ray.put(1)], num_returns=1)[0]  # Ray itself is still up
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.fixture
@@ -208,23 +263,3 @@ def test_workers_from_the_cluster(monkeypatch: pytest.MonkeyPatch, local_ray) ->
     assert ex.workers == 4 and ex._gpus_per_run() == 1.0
     assert RayExecutor(device="auto").workers == 4
     assert RayExecutor(device="cuda", workers=8)._gpus_per_run() == 0.5
-
-
-def test_max_retries_reaches_ray(monkeypatch: pytest.MonkeyPatch, local_ray) -> None:
-    """Ray retries tasks by default: check that our setting, not Ray's, is the one used."""
-    seen: list[dict] = []
-    real_remote = ray.remote
-
-    def remote(**kwargs):  # noqa: ANN003, ANN202
-        seen.append(kwargs)
-        return real_remote(**kwargs)
-
-    def finished(job: Job) -> dict:  # local: pickled by value for the workers
-        return {"status": "finished", "results": []}
-
-    monkeypatch.setattr(ray, "remote", remote)
-    done = []
-    RayExecutor(workers=1, device="cpu", max_retries=7).map(
-        [Job("c", "run", {})], finished, lambda j: None, lambda j, out: done.append(out)
-    )
-    assert [k["max_retries"] for k in seen] == [7] and done[0]["status"] == "finished"

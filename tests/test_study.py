@@ -84,6 +84,10 @@ def write_spec(tmp_path: Path, spec: dict) -> Path:
             {"groups": [{**TINY["groups"][0], "analyses": {"trained": ["lesions"]}}]},
             "groups[0].analyses.trained[0]: unknown analysis 'lesions' (did you mean 'lesion'?)",
         ),
+        (
+            {"groups": [{**TINY["groups"][0], "analyses": {"init": ["gradflow", "gradflow"]}}]},
+            "groups[0].analyses.init[1]: 'gradflow' is listed twice",
+        ),
         ({"groups": [{**TINY["groups"][0], "grid": {"placement": "original"}}]}, "groups[0].grid"),
         (
             {"experiments": [{"kind": "spectra"}]},
@@ -375,22 +379,72 @@ def test_builtin_full_scale_specs_run_with_tiny_overrides(tmp_path: Path, name: 
 @pytest.mark.parametrize("dies_once", [True, False])
 def test_local_pool_survives_a_dead_worker(tmp_path: Path, dies_once: bool) -> None:
     """A worker process that dies breaks the pool; its jobs start again in a fresh pool
-    (once), a job that kills every worker is recorded as failed, and every job is recorded
-    exactly once."""
+    (once), a job that kills every worker is recorded as failed with the reason, every job
+    is recorded exactly once, and every attempt is started (the store counts attempts)."""
     from pool_jobs import KillsWorker
     from skiplab.study.runner import Job, LocalExecutor
 
     jobs = [Job(name, "run", {}) for name in "abcd"]
     started, recorded = [], []
-    fn = KillsWorker("b", str(tmp_path / "died") if dies_once else None)
+    # as the kernel's OOM killer does (dies_once: a plain exit)
+    fn = KillsWorker("b", str(tmp_path / "died") if dies_once else None,
+                     None if dies_once else signal.SIGKILL)  # fmt: skip
     LocalExecutor(workers=2).map(jobs, fn, on_start=lambda j: started.append(j.job_id),
                                  on_done=lambda j, out: recorded.append((j.job_id, out)))  # fmt: skip
-    assert sorted(started) == list("abcd") and sorted(j for j, _ in recorded) == list("abcd")
+    assert sorted(set(started)) == list("abcd") and sorted(j for j, _ in recorded) == list("abcd")
+    assert started.count("b") == 2  # the attempt that died, and the one after it
     status = {j: out["status"] for j, out in recorded}
     assert status == {"a": "finished", "b": "finished" if dies_once else "failed",
                       "c": "finished", "d": "finished"}  # fmt: skip
     if not dies_once:
-        assert "worker process died" in dict(recorded)["b"]["error"]
+        error = dict(recorded)["b"]["error"]
+        assert "worker process" in error and "SIGKILL" in error and "2 attempts" in error, error
+
+
+DRIVER = """
+import sys
+from pool_jobs import Sleeps
+from skiplab.study.runner import Job, LocalExecutor
+LocalExecutor(workers=2).map([Job(n, "run", {}) for n in "ab"], Sleeps(sys.argv[1], 300),
+                             on_start=lambda j: None, on_done=lambda j, out: None)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """The process runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_no_worker_outlives_its_driver(tmp_path: Path, sig: int) -> None:
+    """Killed (SIGKILL: out of memory, `kill -9`), the driver's workers exit on their own
+    (they used to live on, write into the study folder and then wait forever); interrupted
+    (SIGINT to the driver alone), the driver stops them at once (it used to wait until
+    their runs ended, then drop the results)."""
+    env = {**ENV, "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path)], env=env,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    files = [tmp_path / "a.pid", tmp_path / "b.pid"]
+    deadline = time.time() + 180
+    while not all(f.exists() and f.read_text() for f in files) and time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.1)
+    pids = [int(f.read_text()) for f in files]
+    t0 = time.time()
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    while any(_alive(p) for p in pids) and time.time() < t0 + 15:
+        time.sleep(0.1)
+    left = [p for p in pids if _alive(p)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"worker processes {left} outlived their driver"
+    assert time.time() - t0 < 15
 
 
 def test_bad_spec_file_names_the_file(tmp_path: Path) -> None:
@@ -560,3 +614,54 @@ def test_paths_analysis_options_reach_the_analysis() -> None:
             "groups": [{**TINY["groups"][0], "analysis_options": {"paths": {"until": "stages.0"}}}],
         }
     )
+
+
+def test_an_interrupted_study_says_how_to_resume(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ctrl-C: one line says what is done and that the same command resumes (the CLI
+    exited 130 without a word); the rerun redoes the interrupted run."""
+
+    class Interrupted:
+        runs_here = True
+
+        def map(self, jobs, fn, on_start, on_done) -> None:  # noqa: ANN001
+            on_start(jobs[0])
+            raise KeyboardInterrupt
+
+    spec = parse_spec({**TINY, "groups": [], "experiments": TINY["experiments"]})
+    out = tmp_path / "s"
+    with pytest.raises(KeyboardInterrupt):
+        run_study(spec, out, executor=Interrupted(), report=False)
+    assert "interrupted: 0 of 1 runs done; the same command resumes the study" in caplog.text
+    assert Store.open_existing(out).status("experiment/paths") == "running"
+    store = run_study(spec, out, report=False)
+    assert [(r["status"], r["attempts"]) for r in store.runs()] == [("finished", 2)]
+
+
+def test_results_the_store_cannot_take_fail_the_run_not_the_study(tmp_path: Path) -> None:
+    """An analysis listed twice (two results for one key) crashed the study with an
+    IntegrityError after the run was done, and again on every resume; a result that is not
+    JSON did the same. Now: the last result is kept, and the run that cannot be stored
+    fails with the reason while the study goes on."""
+
+    class Returns:
+        runs_here = True
+
+        def map(self, jobs, fn, on_start, on_done) -> None:  # noqa: ANN001
+            twice = [("init", "nlc", {"v": 1}, "a"), ("init", "nlc", {"v": 2}, "b")]
+            for job, results in zip(
+                jobs, [twice, [("init", "nlc", {"v": object()}, "c")]], strict=True
+            ):
+                on_start(job)
+                on_done(job, {"status": "finished", "results": results})
+
+    spec = {**TINY, "groups": [{**TINY["groups"][0], "models": ["plain-8", "resnet-8"]}],
+            "experiments": []}  # fmt: skip
+    store = run_study(parse_spec(spec), tmp_path / "s", executor=Returns(), report=False)
+    runs = {r["id"]: r for r in store.runs()}
+    assert runs["g/plain-8/digits/s0"]["status"] == "finished"
+    assert [x["result"] for x in store.results("g/plain-8/digits/s0")] == [{"v": 2}]
+    bad = runs["g/resnet-8/digits/s0"]
+    assert bad["status"] == "failed" and "cannot be stored as JSON" in bad["error"]
+    assert store.results("g/resnet-8/digits/s0") == []

@@ -5,9 +5,9 @@
 The executor connects when it is created, so that a cluster that cannot be reached is a
 clear error before the study writes anything. Only the driver (this process) writes
 ``study.db``: tasks return their results, and a result is recorded once, when its task
-completes. A worker lost midway (its process or node dies) makes Ray run the task again
-(``max_retries``); the run's folder is cleared at the start of every attempt, so nothing
-is recorded twice. On a cluster the study folder must be on a filesystem that every node
+completes. A worker lost midway (its process or node dies) makes the driver submit the
+task again (``max_retries``, each attempt counted in the store); the run's folder is
+cleared at the start of every attempt, so nothing is recorded twice. On a cluster the study folder must be on a filesystem that every node
 sees (run folders are written there). ``ray`` is an optional dependency:
 ``pip install skiplab[ray]``.
 """
@@ -172,32 +172,52 @@ class RayExecutor:
 
     def map(self, jobs: list[Any], fn: Callable[[Any], dict[str, Any]], on_start: Callable[[Any], None],
             on_done: Callable[[Any, dict[str, Any]], None]) -> None:  # fmt: skip
+        """Run ``jobs`` as tasks. A task whose worker (or node) is lost runs again, at most
+        ``max_retries`` more times; every attempt is started (``on_start``), so the store
+        counts attempts. The driver resubmits, not Ray (its own retries are off: the
+        driver would not see them). Interrupted, the tasks in flight are cancelled."""
         ray = self.ray
         self.connect()
+        pending: dict[Any, Any] = {}
         try:
             task = ray.remote(
-                num_cpus=self.cpus_per_run,
-                num_gpus=self._gpus_per_run(),
-                max_retries=self.max_retries,
+                num_cpus=self.cpus_per_run, num_gpus=self._gpus_per_run(), max_retries=0
             )(_call)
-            queue, pending = list(jobs), {}
+            queue, tries = list(jobs), {}
             while queue or pending:
                 while queue and len(pending) < self.workers:
                     job = queue.pop(0)
                     on_start(job)
+                    key = getattr(job, "job_id", job)
+                    tries[key] = tries.get(key, 0) + 1
                     pending[task.remote(fn, job)] = job
                 done, _ = ray.wait(list(pending), num_returns=1)
                 ref = done[0]
                 job = pending.pop(ref)
+                key = getattr(job, "job_id", job)
                 try:
                     out = ray.get(ref)
-                except Exception as err:  # noqa: BLE001 - retries exhausted: record, go on
-                    log.warning("run %s failed on Ray: %s", getattr(job, "job_id", job), err)
-                    out = {
-                        "status": "failed",
-                        "error": f"Ray task failed: {type(err).__name__}: {err}",
-                        "results": [],
-                    }
+                except ray.exceptions.RayTaskError as err:  # the job function raised
+                    out = {"status": "failed", "error": f"Ray task failed: {err}", "results": []}
+                except Exception as err:  # noqa: BLE001 - its worker or node was lost
+                    reason = f"{type(err).__name__}: {_first_line(err)}"
+                    if tries[key] <= self.max_retries:
+                        log.warning("run %s lost its Ray worker (%s); it starts again", key, reason)
+                        queue.insert(0, job)
+                        continue
+                    log.warning("run %s failed on Ray: %s", key, reason)
+                    out = {"status": "failed", "results": [],
+                           "error": f"its Ray worker was lost ({reason}); gave up after "
+                                    f"{tries[key]} attempt{'s' if tries[key] > 1 else ''}"}  # fmt: skip
                 on_done(job, out)
         finally:
+            for ref in pending:  # interrupted: stop what runs (a caller's Ray instance stays up)
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception as err:  # noqa: BLE001 - finished meanwhile, or Ray is gone
+                    log.debug("cancel: %s", err)
             self.close()
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip() or type(err).__name__).splitlines()[0]

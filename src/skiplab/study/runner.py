@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import shutil
+import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -149,6 +151,56 @@ class Job:
     record: dict[str, Any]
 
 
+def _worker_init(driver: int) -> None:
+    """Set up a worker process of ``LocalExecutor``: Ctrl-C is for the driver (it stops its
+    workers itself, and a worker's traceback would only bury its message), and a worker
+    whose driver is gone (killed with SIGKILL, or by the OOM killer) exits at once instead
+    of writing into the study folder that a restarted study redoes its run in."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(driver,), daemon=True).start()
+
+
+def _exit_with(driver: int) -> None:
+    while os.getppid() == driver:  # an orphan is adopted by another process
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill a pool's worker processes now: ``shutdown`` would wait for their jobs to end."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.join(5)
+        if p.is_alive():
+            p.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _death(pool: ProcessPoolExecutor) -> str:
+    """How the worker processes of a broken pool ended, e.g. ``killed by SIGKILL``."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for p in procs:
+        if p.exitcode is None:  # broken, but not reaped yet (a loaded machine)
+            p.join(5)
+    codes = {p.exitcode for p in procs}
+    codes.discard(None)
+    if len(codes) > 1:  # the pool terminates the others once one has died
+        codes.discard(-signal.SIGTERM)
+    if len(codes) != 1:
+        return "ended"
+    code = codes.pop()
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    hint = {"SIGKILL": " (out of memory?)", "SIGSEGV": " (a crash in native code)"}.get(name, "")
+    return f"was killed by {name}{hint}"
+
+
 class LocalExecutor:
     """Runs jobs in this process (workers=1) or in a pool of worker processes.
 
@@ -156,7 +208,9 @@ class LocalExecutor:
     whole pool and every job in flight with it: those jobs then run again one at a time,
     each in a process of its own (so a job that kills its worker takes no other job with
     it), at most ``retries`` more times before it is recorded as failed; then the other
-    jobs go on in a fresh pool.
+    jobs go on in a fresh pool. Every attempt is started (``on_start``), so the store
+    counts attempts. Interrupted (Ctrl-C), the driver kills its workers and re-raises;
+    killed, its workers exit on their own.
     """
 
     runs_here = True  # runs execute on this machine: its device must exist here
@@ -175,18 +229,32 @@ class LocalExecutor:
         tries: dict[str, int] = {}
         args = (tries, fn, on_start, on_done)
         while queue:
-            with ProcessPoolExecutor(self.workers, mp_context=get_context("spawn")) as pool:
+            with self._pool(self.workers) as pool:
                 suspects, queue = self._run_pool(pool, self.workers, queue, *args)
             while suspects:
-                with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as solo:
+                with self._pool(1) as solo:
                     again, _ = self._run_pool(solo, 1, suspects[:1], *args)
                 suspects = again + suspects[1:]
+
+    @staticmethod
+    def _pool(workers: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                                   initializer=_worker_init, initargs=(os.getpid(),))  # fmt: skip
 
     def _run_pool(self, pool: ProcessPoolExecutor, workers: int, queue: list[Job], tries: dict[str, int],
                   fn: Callable[[Job], dict[str, Any]], on_start: Callable[[Job], None],
                   on_done: Callable[[Job, dict[str, Any]], None]) -> tuple[list[Job], list[Job]]:  # fmt: skip
         """Run jobs until the queue is empty or the pool breaks; return the jobs that were in
         flight when it broke (to run again) and those not started."""
+        try:
+            return self._drive(pool, workers, queue, tries, fn, on_start, on_done)
+        except BaseException:  # Ctrl-C (or a store that cannot be written): stop the workers
+            _stop_workers(pool)
+            raise
+
+    def _drive(self, pool: ProcessPoolExecutor, workers: int, queue: list[Job], tries: dict[str, int],
+               fn: Callable[[Job], dict[str, Any]], on_start: Callable[[Job], None],
+               on_done: Callable[[Job, dict[str, Any]], None]) -> tuple[list[Job], list[Job]]:  # fmt: skip
         queue = list(queue)
         pending: dict[Future, Job] = {}
         redo: list[Job] = []
@@ -200,8 +268,7 @@ class LocalExecutor:
                     broken = True
                     break
                 queue.pop(0)
-                if job.job_id not in tries:
-                    on_start(job)
+                on_start(job)
                 tries[job.job_id] = tries.get(job.job_id, 0) + 1
                 pending[fut] = job
             if not pending:
@@ -211,14 +278,16 @@ class LocalExecutor:
                 job = pending.pop(fut)
                 try:
                     out = fut.result()
-                except BrokenProcessPool as err:  # a worker died: every job in flight is lost
+                except BrokenProcessPool:  # a worker died: every job in flight is lost
                     broken = True
                     if tries[job.job_id] <= self.retries:
                         log.warning("a worker process died; %s starts again", job.job_id)
                         redo.append(job)
                         continue
+                    n = tries[job.job_id]
+                    who = "its worker process" if workers == 1 else "a worker process"
                     out = {"status": "failed", "results": [],
-                           "error": f"worker process died ({err}); tried {tries[job.job_id]} times"}  # fmt: skip
+                           "error": f"{who} {_death(pool)}; gave up after {n} attempt{'s' * (n > 1)}"}  # fmt: skip
                 except Exception as err:  # noqa: BLE001 - e.g. a result that cannot be unpickled
                     out = {"status": "failed", "error": f"worker failed: {err}", "results": []}
                 on_done(job, out)
@@ -338,8 +407,14 @@ def run_study(
 
         def on_done(job: Job, out: dict[str, Any]) -> None:
             status = out.get("status", "failed")
-            store.finish(job.job_id, status, metrics=out.get("metrics"), history=out.get("history"),
-                         results=out.get("results", []), error=out.get("error"), duration_s=out.get("duration_s"))  # fmt: skip
+            try:
+                store.finish(job.job_id, status, metrics=out.get("metrics"), history=out.get("history"),
+                             results=out.get("results", []), error=out.get("error"), duration_s=out.get("duration_s"))  # fmt: skip
+            except (TypeError, ValueError) as err:  # not JSON: the run fails, the study goes on
+                status = "failed"
+                log.warning("run %s: its results cannot be stored: %s", job.job_id, err)
+                store.finish(job.job_id, status, error=f"its results cannot be stored as JSON: {err}",
+                             duration_s=out.get("duration_s"))  # fmt: skip
             finished[0] += 1
             used = out.get("device")  # as the job's process resolved --device (auto)
             if used and used not in (devices := store.meta("devices", []) or []):
@@ -359,6 +434,10 @@ def run_study(
         data = str(Path(data_dir).expanduser().absolute()) if data_dir else None
         try:
             ex.map(todo, _JobFn(study_dir, device, data, threads), on_start, on_done)
+        except KeyboardInterrupt:
+            log.warning("interrupted: %d of %d runs done; the same command resumes the study",
+                        finished[0], len(jobs))  # fmt: skip
+            raise
         finally:
             if bar:
                 bar[0].stop()

@@ -401,6 +401,8 @@ def parse_spec(raw: Any, source: str = "<spec>", quick: bool = False) -> StudySp
                         f"{p}.analyses.{phase}[{j}]",
                         f"unknown analysis {k!r}{hint}; allowed: {', '.join(RUN_ANALYSES)}",
                     )
+                if k in kinds[:j]:
+                    _fail(f"{p}.analyses.{phase}[{j}]", f"{k!r} is listed twice; list it once")
         if "analysis_options" in g:
             # what run_analysis matches 'models' against: a run's label or its first word
             shown = [ModelSpec(m.name, {**m.options, **c}, "" if c else m.label).display()

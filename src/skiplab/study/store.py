@@ -169,12 +169,13 @@ class Store:
         error: str | None = None,
         duration_s: float | None = None,
     ) -> None:
-        """Record a run's outcome and all its analysis results in one transaction."""
+        """Record a run's outcome and all its analysis results in one transaction (an
+        analysis given twice in a phase keeps its last result)."""
         with self.transaction() as db:
             db.execute("DELETE FROM results WHERE run_id = ?", (run_id,))
             for phase, kind, result, summary in results:
                 db.execute(
-                    "INSERT INTO results VALUES (?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)",
                     (run_id, phase, kind, json.dumps(result), summary),
                 )
             db.execute(
