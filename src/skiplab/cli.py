@@ -343,7 +343,9 @@ def train_cmd(
     shown = ", ".join(
         f"{k} {final[k]:.4f}" for k in ("train_loss", "test_acc", "test_miou") if k in final
     )
-    typer.echo(f"{name} on {data}: {shown} ({len(result.metrics)} epochs) -> {out_dir}")
+    typer.echo(
+        f"{name} on {data}: {shown} ({len(result.metrics)} epoch{'s' * (len(result.metrics) != 1)}) -> {out_dir}"
+    )
 
 
 ANALYSES = ("paths", "gradflow", "pathgrad", "lesion", "identity", "shattered", "landscape", "nlc")
