@@ -69,6 +69,8 @@ def test_default_architectures_tiny():
     s = res.stat("plain", 4)
     assert s.seeds == 2 and s.reached == 0 and s.steps_mean is None  # threshold unreachable
     assert s.final_loss_mean > 0
+    with pytest.raises(KeyError, match=r"measured: archs \['plain'"):  # names what there is
+        res.stat("mlp", 4)
     # Seeded: the same call gives the same numbers.
     again = identity_task(
         ["mlp"], (4,), dim=4, tasks="identity", steps=12, log_every=5, batch_size=16,

@@ -123,7 +123,10 @@ class IdentityTask(Result):
         for s in self.stats:
             if (s.arch, s.depth, s.task) == (arch, depth, task):
                 return s
-        raise KeyError(f"no result for arch={arch!r}, depth={depth}, task={task!r}")
+        raise KeyError(
+            f"no result for arch={arch!r}, depth={depth}, task={task!r}; measured: archs "
+            f"{self.archs}, depths {self.depths}, tasks {self.tasks}"
+        )
 
     def __repr__(self) -> str:
         deepest = max(self.depths)
