@@ -214,3 +214,19 @@ def test_identity_models_given_twice_is_refused(tmp_path: Path) -> None:
     args = ["analyze", "identity", "plain", "--models", "resnet", "--out", str(tmp_path / "o")]
     _one_line_error(runner.invoke(app, args), "give the models once")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["summary", "unet", "--input_size", "256"], "command's option is written --input-size"),
+        (["train", "resnet-8", "--batch_size", "3"], "command's option is written --batch-size"),
+        (["analyze", "paths", "resnet-8", "--data_dir", "/x"], "is written --data-dir"),
+    ],
+)
+def test_a_command_option_written_with_underscores_is_named(tmp_path: Path, args, needle) -> None:
+    _one_line_error(
+        runner.invoke(app, [*args, "--out", str(tmp_path / "o")] if args[0] != "summary" else args),
+        needle,
+    )
+    assert not (tmp_path / "o").exists()

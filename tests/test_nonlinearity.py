@@ -154,3 +154,14 @@ def test_step_function_has_nlc_zero() -> None:
     r = nonlinearity_coefficient(Staircase(), x)
     assert r.value == 0.0 and "below 1" in r.summary()
     assert "below 1" not in nonlinearity_coefficient(nn.Linear(2, 2).double(), x).summary()
+
+
+def test_no_torch_internal_warnings_reach_the_caller() -> None:
+    # torch.func.jvp warns "torch.jit.script is deprecated" on every call (torch 2.14)
+    import warnings
+
+    model = skiplab.create_model("resnet-8", in_channels=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        r = nonlinearity_coefficient(model, torch.randn(4, 1, 8, 8))
+    assert r.value > 1.0

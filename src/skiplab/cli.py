@@ -114,6 +114,20 @@ def parse_options(args: list[str]) -> dict[str, Any]:
     return options
 
 
+def model_options_of(ctx: typer.Context, args: list[str]) -> dict[str, Any]:
+    """The model options among ``args``; an option of the command itself written with
+    underscores (``--input_size``), which click leaves to the model, is named."""
+    options = parse_options(args)
+    own = {p.name: p for p in ctx.command.params}
+    for key in options:
+        if key in own and own[key].param_type_name == "option":
+            raise ValueError(
+                f"--{key} is not a model option; this command's option is written "
+                f"{own[key].opts[0]}"
+            )
+    return options
+
+
 def parse_data_options(items: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` strings (``--data-option``) into data set options."""
     options: dict[str, Any] = {}
@@ -202,7 +216,7 @@ def summary_cmd(
     """Parameters, MACs, residual units and shortcut kinds of NAME [--option value ...]."""
     from .models import create_model, summarize
 
-    options = parse_options(ctx.args)
+    options = model_options_of(ctx, ctx.args)
     if not _is_import(name) and _is_run(name) and not _is_model_name(name):
         raise ValueError(
             f"summary takes a model name or MODULE:FACTORY, not a run ({name}); give the run's "
@@ -298,7 +312,7 @@ def train_cmd(
         raise ValueError(
             f"invalid --log-grad-every {log_grad_every}: give N >= 1 steps, or 0 (off)"
         )
-    options = parse_options(ctx.args)
+    options = model_options_of(ctx, ctx.args)
     overrides = {
         k: v
         for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size))
@@ -670,7 +684,7 @@ def analyze_cmd(
             "initialisation, sampled paths, lesion draws and landscape directions)"
         )
     seed = 0 if seed is None else seed
-    options = parse_options(args)
+    options = model_options_of(ctx, args)
     block_list = [b.strip() for b in blocks.split(",") if b.strip()] if blocks else None
     out_dir = _analysis_out(out, kind, target)
     # What makes two results the same analysis: a rerun of it replaces its result.

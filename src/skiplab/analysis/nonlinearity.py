@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,7 +112,12 @@ def nlc_of(
     if tangents.shape[0] == 0:
         return math.nan
     try:
-        with sdpa_kernel(SDPBackend.MATH):
+        with sdpa_kernel(SDPBackend.MATH), warnings.catch_warnings():
+            # torch.func.jvp scripts a helper of its own on first use, which warns that
+            # torch.jit.script is deprecated: torch's business, not the caller's
+            warnings.filterwarnings(
+                "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
+            )
             num = _jvp_sq_norms(f, x, tangents, chunk).detach().mean()  # E_x tr(J Σ_x J^T)
     except torch.OutOfMemoryError:
         raise  # not a missing derivative: a smaller chunk helps
