@@ -54,3 +54,12 @@ class KillsRun:
                 open(self.marker, "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
         return self.fn(job)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

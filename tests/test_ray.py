@@ -16,6 +16,7 @@ import yaml
 
 ray = pytest.importorskip("ray")
 
+from pool_jobs import alive  # noqa: E402
 from skiplab.study import parse_spec, run_study  # noqa: E402
 from skiplab.study.ray_executor import RayExecutor, check_reachable  # noqa: E402
 from skiplab.study.runner import Job  # noqa: E402
@@ -133,18 +134,10 @@ def test_an_interrupted_map_cancels_its_tasks(tmp_path: Path, local_ray) -> None
             ex.map([Job("d", "run", {})], works, lambda j: None, interrupt)
     pid = int((tmp_path / "d.pid").read_text())
     deadline = time.time() + 20
-    while _alive(pid) and time.time() < deadline:
+    while alive(pid) and time.time() < deadline:
         time.sleep(0.2)
-    assert not _alive(pid)
+    assert not alive(pid)
     assert real_wait([ray.put(1)], num_returns=1)[0]  # Ray itself is still up
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.fixture

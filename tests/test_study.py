@@ -16,6 +16,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from pool_jobs import alive
 from skiplab.cli import app
 from skiplab.study import SpecError, list_builtin, load_spec, parse_spec, run_study
 from skiplab.study.store import Store, study_lock
@@ -410,15 +411,6 @@ LocalExecutor(workers=2).map([Job(n, "run", {}) for n in "ab"], Sleeps(sys.argv[
 """
 
 
-def _alive(pid: int) -> bool:
-    """The process runs (a zombie, dead but not yet reaped, does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_no_worker_outlives_its_driver(tmp_path: Path, sig: int) -> None:
@@ -438,9 +430,9 @@ def test_no_worker_outlives_its_driver(tmp_path: Path, sig: int) -> None:
     t0 = time.time()
     proc.send_signal(sig)
     proc.wait(timeout=60)
-    while any(_alive(p) for p in pids) and time.time() < t0 + 15:
+    while any(alive(p) for p in pids) and time.time() < t0 + 15:
         time.sleep(0.1)
-    left = [p for p in pids if _alive(p)]
+    left = [p for p in pids if alive(p)]
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"worker processes {left} outlived their driver"
