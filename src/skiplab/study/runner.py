@@ -166,9 +166,15 @@ def _exit_with(driver: int) -> None:
     os._exit(1)
 
 
+def _workers(pool: ProcessPoolExecutor) -> list:
+    """The pool's worker processes (a private attribute of ``ProcessPoolExecutor``: none
+    where a Python version lacks it)."""
+    return list((getattr(pool, "_processes", None) or {}).values())
+
+
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
     """Kill a pool's worker processes now: ``shutdown`` would wait for their jobs to end."""
-    procs = list((getattr(pool, "_processes", None) or {}).values())
+    procs = _workers(pool)
     for p in procs:
         p.terminate()
     for p in procs:
@@ -180,7 +186,7 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
 
 def _death(pool: ProcessPoolExecutor) -> str:
     """How the worker processes of a broken pool ended, e.g. ``killed by SIGKILL``."""
-    procs = list((getattr(pool, "_processes", None) or {}).values())
+    procs = _workers(pool)
     for p in procs:
         if p.exitcode is None:  # broken, but not reaped yet (a loaded machine)
             p.join(5)
@@ -404,6 +410,7 @@ def run_study(
                 bar[0].update(bar[1], description=job.job_id)
 
         finished = [len(jobs) - len(todo)]
+        devices: list[str] = list(store.meta("devices", []) or [])  # what jobs ran on so far
 
         def on_done(job: Job, out: dict[str, Any]) -> None:
             status = out.get("status", "failed")
@@ -417,8 +424,9 @@ def run_study(
                              duration_s=out.get("duration_s"))  # fmt: skip
             finished[0] += 1
             used = out.get("device")  # as the job's process resolved --device (auto)
-            if used and used not in (devices := store.meta("devices", []) or []):
-                store.set_meta("devices", [*devices, used])
+            if used and used not in devices:
+                devices.append(used)
+                store.set_meta("devices", devices)
             # one line per job for logs (the bar is for terminals)
             log.info("[%d/%d] %s %s in %.1f s", finished[0], len(jobs), job.job_id, status,
                      out.get("duration_s") or 0.0)  # fmt: skip
