@@ -19,6 +19,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from .io import one_line
+
 app = typer.Typer(
     help="skiplab: a laboratory for skip connections.",
     no_args_is_help=True,
@@ -30,7 +32,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(message: str) -> None:
-    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    typer.echo(f"error: {one_line(message)}", err=True)
     raise typer.Exit(2)
 
 
@@ -908,7 +910,7 @@ def main() -> None:
         else:  # one line, as for every bad input
             ctx = getattr(err, "ctx", None)
             see = f" (see {ctx.command_path} --help)" if ctx is not None else ""
-            typer.echo(f"error: {' '.join(err.format_message().split())}{see}", err=True)
+            typer.echo(f"error: {one_line(err.format_message())}{see}", err=True)
         sys.exit(err.exit_code)
     except typer.Abort:
         typer.echo("Aborted!", err=True)

@@ -1,5 +1,6 @@
 """Files written atomically: every run folder, checkpoint, result and report is written
-through here, so that a kill at any moment leaves the old file or the new one."""
+through here, so that a kill at any moment leaves the old file or the new one. Also
+``one_line``, which puts an error's text on one line for the messages users read."""
 
 from __future__ import annotations
 
@@ -46,3 +47,12 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
 
     atomic_write(Path(path), write)
+
+
+def one_line(text: object, limit: int | None = None) -> str:
+    """``text`` (an exception, a message) on one line: runs of whitespace, newlines
+    included, become one space; cut to ``limit`` characters, ending in ``...``, if given."""
+    out = " ".join(str(text).split())
+    if limit is not None and len(out) > limit:
+        out = out[: max(0, limit - 3)] + "..."
+    return out

@@ -9,7 +9,6 @@ loader raises ``ValueError`` with one line that says which files to put where.
 from __future__ import annotations
 
 import logging
-import re
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from urllib.error import URLError
 import torch
 from torch import Tensor
 
+from ..io import one_line
 from ..models.layers import invalid
 from .tensor_data import TensorData, standardise
 
@@ -56,11 +56,6 @@ class VisionSource:
         )
 
 
-def _one_line(err: BaseException) -> str:
-    text = re.sub(r"\s+", " ", f"{type(err).__name__}: {err}").strip()
-    return text if len(text) <= 160 else text[:157] + "..."
-
-
 def _load(
     source: VisionSource,
     data_dir: Path,
@@ -80,7 +75,11 @@ def _load(
         train = read_train(cls, root, download)
         test = read_test(cls, root, download)  # torchvision skips files already there
     except _FETCH_ERRORS as err:
-        reason = f"download failed: {_one_line(err)}" if download else "download=False"
+        reason = (
+            f"download failed: {one_line(f'{type(err).__name__}: {err}', 160)}"
+            if download
+            else "download=False"
+        )
         raise source.missing(root, reason, download) from err
     return _to_tensor_data(source, train, test, root, options)
 

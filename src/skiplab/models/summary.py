@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..io import one_line
 from .blocks import ResidualUnit
 
 
@@ -60,7 +61,7 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> M
         except RuntimeError as err:
             example = getattr(model, "example_input_shape", None)
             hint = f"; it takes inputs such as {tuple(example)}" if example is not None else ""
-            text = " ".join(str(err).split())[:200]
+            text = one_line(err, 200)
             raise ValueError(
                 f"invalid input_shape={input_shape} for this model ({text}){hint}"
             ) from None

@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from ..io import one_line
+
 RUN_ANALYSES = ("paths", "gradflow", "pathgrad", "lesion", "landscape", "nlc")
 EXPERIMENTS = ("paths", "identity", "shattered")
 TOP_FIELDS = (
@@ -561,7 +563,7 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     mark = getattr(err, "problem_mark", None)
     problem = getattr(err, "problem", None)
     if mark is None or not problem:
-        return " ".join(str(err).split())
+        return one_line(err)
     context = getattr(err, "context", None)
     return (
         f"line {mark.line + 1}, column {mark.column + 1}: "

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ..analysis.blocks import find_units
 from ..analysis.gradflow import unit_grad_norms
 from ..data import TensorData, iterate_batches
-from ..io import atomic_write_text
+from ..io import atomic_write_text, one_line
 from ..models.unet import center_crop
 from ..provenance import provenance
 from .checkpoint import (
@@ -127,10 +127,9 @@ def check_model_fits_data(model: nn.Module, data: TensorData, amp: torch.dtype |
     except torch.OutOfMemoryError:
         raise
     except (RuntimeError, ValueError) as err:
-        text = " ".join(str(err).split())
+        text = one_line(err, 200)
         raise ValueError(
-            f"the model cannot take {data.name!r} inputs of shape {list(x.shape)} ({text[:200]}); "
-            f"{fix}"
+            f"the model cannot take {data.name!r} inputs of shape {list(x.shape)} ({text}); {fix}"
         ) from None
     finally:
         model.train(was_training)

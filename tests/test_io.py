@@ -1,0 +1,20 @@
+"""The shared helpers of skiplab.io."""
+
+from __future__ import annotations
+
+from skiplab.io import one_line
+
+
+def test_one_line_collapses_whitespace_of_any_text():
+    err = RuntimeError("shape mismatch:\n  mat1 is [2, 64]\tand\r\n mat2 is [32, 10]  ")
+    assert one_line(err) == "shape mismatch: mat1 is [2, 64] and mat2 is [32, 10]"
+    assert one_line("  a  b ") == "a b"
+
+
+def test_one_line_cuts_to_the_limit_with_an_ellipsis():
+    text = "word " * 100
+    cut = one_line(text, 40)
+    assert len(cut) == 40 and cut.endswith("...") and "\n" not in cut
+    assert cut[:-3] == one_line(text)[:37]
+    assert one_line("short", 40) == "short"  # nothing added when it fits
+    assert one_line("x" * 40, 40) == "x" * 40  # exactly the limit: kept whole
