@@ -72,8 +72,9 @@ def test_analyze_kinds(tmp_path: Path, args: list[str], check) -> None:
         (["nlc", "resnet-8", "--batch", "1"], "must be at least 2"),
         (["shattered", "mlp", "--depths", "4,x"], "invalid --depths '4,x'"),
         # a model built for other data fails before the analysis, naming the option
-        (["gradflow", "resnet-8", "--in-channels", "3"], "does not run on 'digits' data"),
-        (["pathgrad", "resnet-8", "--num-classes", "5"], "5 outputs but 'digits' has 10"),
+        (["gradflow", "resnet-8", "--in-channels", "3"], "fit 'digits' data: the forward pass"),
+        (["pathgrad", "resnet-8", "--num-classes", "5"], "output [2, 5] does not fit 10 classes"),
+        (["pathgrad", "resnet-8", "--num-classes", "5"], "drop --num-classes (or set it to 10)"),
         (["pathgrad", "unet"], "--blocks NAME,NAME"),
         (["pathgrad", "resnet-8", "--blocks", ","], "blocks=[] names no units"),
     ],

@@ -18,3 +18,20 @@ def test_one_line_cuts_to_the_limit_with_an_ellipsis():
     assert cut[:-3] == one_line(text)[:37]
     assert one_line("short", 40) == "short"  # nothing added when it fits
     assert one_line("x" * 40, 40) == "x" * 40  # exactly the limit: kept whole
+
+
+def test_differences_walks_mappings_and_lists_to_the_leaves():
+    from skiplab.io import MISSING, differences
+
+    old = {"recipe": {"epochs": 1, "lr": 0.1}, "models": ["a", "b"], "seed": 0, "gone": 1}
+    new = {"recipe": {"epochs": 2, "lr": 0.1}, "models": ["a", "c"], "seed": 0, "added": 2}
+    assert list(differences(old, new)) == [
+        ("recipe.epochs", 1, 2),
+        ("models[1]", "b", "c"),
+        ("gone", 1, MISSING),
+        ("added", MISSING, 2),
+    ]
+    assert list(differences(old, old)) == []
+    assert list(differences([1, 2], [1, 2, 3])) == [("", [1, 2], [1, 2, 3])]  # other lengths
+    assert list(differences(1, 1.5)) == [("", 1, 1.5)]
+    assert repr(MISSING) == "(not set)"

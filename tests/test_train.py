@@ -205,9 +205,12 @@ def test_resume_checkpoint_with_bad_metadata_is_refused(tmp_path: Path, digits, 
 @pytest.mark.parametrize(
     ("model", "match"),
     [
-        (nn.Sequential(nn.Flatten(), nn.Linear(3 * 64, 10)), "cannot take 'digits' inputs"),
-        (nn.Sequential(nn.Flatten(), nn.Linear(64, 5)), r"output \[2, 5\] does not fit"),
-        (nn.Sequential(nn.Flatten(), nn.Linear(64, 20)), r"output \[2, 20\] does not fit"),
+        (nn.Sequential(nn.Flatten(), nn.Linear(3 * 64, 10)), "the forward pass failed"),
+        (nn.Sequential(nn.Flatten(), nn.Linear(64, 5)), r"output \[2, 5\] does not fit 10 classes"),
+        (
+            nn.Sequential(nn.Flatten(), nn.Linear(64, 20)),
+            r"output \[2, 20\] does not fit 10 classes",
+        ),
     ],
 )
 def test_model_that_does_not_fit_the_data_is_refused_before_writing(
@@ -351,7 +354,9 @@ def test_out_dir_with_another_run_is_never_overwritten(tmp_path: Path, digits) -
     with pytest.raises(ValueError, match="already holds a run"):
         fit(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), data, tiny_recipe(epochs=1), out)
     # only the field that differs is named, not the two whole recipes
-    with pytest.raises(ValueError, match=r"recipe differs \(epochs: run has 1, asked for 5\); "):
+    with pytest.raises(
+        ValueError, match=r"it differs \(recipe\.epochs: run has 1, asked for 5\); "
+    ):
         fit(
             nn.Sequential(nn.Flatten(), nn.Linear(64, 10)),
             data,
@@ -466,3 +471,34 @@ def test_provenance_commit_is_skiplabs_own_not_an_enclosing_repository(tmp_path:
     git("add", "venv/skiplab/provenance.py")
     git("commit", "-q", "-m", "a skiplab checkout")
     assert git_commit(pkg) == git("rev-parse", "HEAD").strip()
+
+
+def test_fit_problem_reads_class_scores_of_both_tasks() -> None:
+    """The one check behind `fit` and `skiplab analyze`: what the forward pass gives is
+    class scores for the data's classes ([N, C], or [N, C, H, W] no larger than the input)."""
+    from skiplab.analysis.blocks import fit_problem
+
+    x = torch.randn(4, 3, 8, 8)
+    conv = nn.Conv2d(3, 5, 3)  # 'valid': [N, 5, 6, 6], smaller than the input
+    assert fit_problem(conv, x, 5, segmentation=True, exact=True) is None
+    up = nn.ConvTranspose2d(3, 5, 3)  # [N, 5, 10, 10]: larger than the masks
+    assert fit_problem(up, x, 5, segmentation=True)[0] == "output"
+    head = nn.Sequential(nn.Flatten(), nn.Linear(192, 7))
+    assert fit_problem(head, x, 5) is None  # more outputs than classes: analyses can run
+    kind, why = fit_problem(head, x, 5, exact=True)  # training needs exactly the classes
+    assert kind == "output" and "[2, 7]" in why and "[N, 5]" in why
+    kind, why = fit_problem(head, torch.randn(4, 1, 8, 8), 5)
+    assert kind == "input" and "(2, 1, 8, 8)" in why
+
+    class Scores(nn.Module):
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"out": x.flatten(1)}
+
+    assert fit_problem(Scores(), x, 5) is None  # not a tensor: the analysis's loss decides
+    assert fit_problem(Scores(), x, 5, exact=True) == (
+        "output",
+        "its output dict is not class scores [N, 5]",
+    )
+    head.train()
+    fit_problem(head, x, 5)
+    assert head.training  # the mode is restored

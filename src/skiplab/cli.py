@@ -518,34 +518,28 @@ def _run_file(target: str) -> Path:
     return path / "model.safetensors" if path.is_dir() else path
 
 
-def _check_fit(model: Any, x: Any, y: Any, label: str, data: str, trained: bool) -> None:
+def _check_fit(model: Any, dataset: Any, x: Any, label: str, data: str, trained: bool) -> None:
     """One forward pass on two examples: a model built for other data (``--in-channels``,
     ``--num-classes``, another data set's checkpoint) fails here with one clear message,
     before any analysis runs."""
-    import torch
+    from .analysis.blocks import fit_problem
 
-    from .analysis.blocks import run_model
-
-    fix = (
-        "choose a --data set like the one the run trained on"
-        if trained
-        else "drop model options such as --in-channels that set another input, or choose a "
-        "--data set that fits the model (--data random --data-option size=S "
-        "--data-option channels=C: noise of any shape)"
-    )
-    try:
-        with torch.no_grad():
-            out = run_model(model, x[:2])
-    except ValueError as err:
-        raise ValueError(f"{label} does not run on {data!r} data: {err}; {fix}") from None
-    integer = not (y.dtype.is_floating_point or y.dtype.is_complex)
-    if integer and isinstance(out, torch.Tensor) and out.dim() >= 2 and y.numel():
-        classes = int(y.max()) + 1
-        if classes > out.shape[1]:
-            fix = fix if trained else f"drop --num-classes (or set it to {classes})"
-            raise ValueError(
-                f"{label} has {out.shape[1]} outputs but {data!r} has {classes} classes; {fix}"
-            )
+    k = dataset.num_classes
+    problem = fit_problem(model, x, k, segmentation=dataset.task == "segmentation")
+    if problem is None:
+        return
+    kind, why = problem
+    if trained:
+        fix = "choose a --data set like the one the run trained on"
+    elif kind == "output":
+        fix = f"drop --num-classes (or set it to {k})"
+    else:
+        fix = (
+            "drop model options such as --in-channels that set another input, or choose a "
+            "--data set that fits the model (--data random --data-option size=S "
+            "--data-option channels=C: noise of any shape)"
+        )
+    raise ValueError(f"{label} does not fit {data!r} data: {why}; {fix}")
 
 
 def _analysis_out(out: Path | None, kind: str, target: str | None) -> Path:
@@ -738,7 +732,7 @@ def analyze_cmd(
         model.eval().to(dev)
         n = 64 if batch is None else batch
         x, y = dataset.test_x[:n].to(dev), dataset.test_y[:n].to(dev)
-        _check_fit(model, x, y, label, data_name, trained)
+        _check_fit(model, dataset, x, label, data_name, trained)
         if kind == "paths":
             res = A.path_spectrum(model, x[:1], until=until, blocks=block_list)
         elif kind == "gradflow":

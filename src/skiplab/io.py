@@ -1,12 +1,13 @@
 """Files written atomically: every run folder, checkpoint, result and report is written
-through here, so that a kill at any moment leaves the old file or the new one. Also
-``one_line``, which puts an error's text on one line for the messages users read."""
+through here, so that a kill at any moment leaves the old file or the new one. Also the
+helpers of the messages users read: ``one_line`` (an error's text on one line) and
+``differences`` (where a stored run or spec differs from the one asked for)."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +57,34 @@ def one_line(text: object, limit: int | None = None) -> str:
     if limit is not None and len(out) > limit:
         out = out[: max(0, limit - 3)] + "..."
     return out
+
+
+class _Missing:
+    """The value of a key one side of ``differences`` does not have."""
+
+    def __repr__(self) -> str:
+        return "(not set)"
+
+
+MISSING = _Missing()
+
+
+def differences(old: Any, new: Any, path: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """Where two JSON-like values differ, leaf by leaf: ``(where, old_value, new_value)``
+    with ``where`` a dotted path (``recipe.epochs``, ``models[2]``) and ``MISSING`` for a
+    key only one side has. Mappings and lists of one length are walked into; anything else
+    that differs is one difference at ``path`` (``""`` for the values themselves)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            where = f"{path}.{key}" if path else str(key)
+            a, b = old.get(key, MISSING), new.get(key, MISSING)
+            if a is MISSING or b is MISSING:
+                yield where, a, b
+            elif a != b:
+                yield from differences(a, b, where)
+    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            if a != b:
+                yield from differences(a, b, f"{path}[{i}]")
+    elif old != new:
+        yield path, old, new

@@ -277,3 +277,46 @@ def run_model(model: nn.Module, *inputs: Tensor) -> Any:
         raise ValueError(
             f"the forward pass failed on an input of shape {shapes} ({first}){want}"
         ) from err
+
+
+def fit_problem(
+    model: nn.Module,
+    x: Tensor,
+    num_classes: int,
+    *,
+    segmentation: bool = False,
+    exact: bool = False,
+    amp: torch.dtype | None = None,
+) -> tuple[str, str] | None:
+    """Why ``model`` does not fit data with inputs like ``x`` and ``num_classes`` classes,
+    found by running two examples (eval mode, no gradients, nothing updated): ``("input",
+    why)`` when the forward pass fails on them, ``("output", why)`` when the output is not
+    class scores ``[N, C]`` (``[N, C, H, W]`` for ``segmentation``; no larger than the input
+    there, as U-Net 'valid' outputs are cropped) with C at least ``num_classes`` (exactly,
+    with ``exact``); ``None`` when it fits. Callers add the fix their user can make.
+
+    Without ``exact`` an output that is not a tensor of that rank passes: an analysis with
+    a loss function of its own may read it."""
+    from ..io import one_line
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
+            out = run_model(model, x[:2])
+    except ValueError as err:  # run_model's message, or the model's own
+        return "input", one_line(err, 300)
+    finally:
+        model.train(was_training)
+    k = num_classes
+    want = f"[N, {k}, H, W]" if segmentation else f"[N, {k}]"
+    shape = list(out.shape) if isinstance(out, Tensor) else None
+    if shape is None or len(shape) != (4 if segmentation else 2):
+        if not exact:
+            return None
+        got = shape if shape is not None else type(out).__name__
+        return "output", f"its output {got} is not class scores {want}"
+    too_large = segmentation and (shape[2] > x.shape[-2] or shape[3] > x.shape[-1])
+    if shape[1] < k or (exact and shape[1] != k) or too_large:
+        return "output", f"its output {shape} does not fit {k} classes (expected {want})"
+    return None

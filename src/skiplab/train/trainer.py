@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..analysis.blocks import find_units
+from ..analysis.blocks import find_units, fit_problem
 from ..analysis.gradflow import unit_grad_norms
 from ..data import TensorData, iterate_batches
-from ..io import atomic_write_text, one_line
+from ..io import atomic_write_text, differences
 from ..models.unet import center_crop
 from ..provenance import provenance
 from .checkpoint import (
@@ -108,42 +108,16 @@ def task_loss(out: Tensor, y: Tensor, label_smoothing: float = 0.0) -> Tensor:
     return F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
 
 
-@torch.no_grad()
 def check_model_fits_data(model: nn.Module, data: TensorData, amp: torch.dtype | None) -> None:
     """Run two training inputs through ``model`` (eval mode, nothing updated) and raise one
     ``ValueError`` when its input or output does not fit ``data``."""
-    x = data.train_x[:2]
-    k = data.num_classes
-    want = f"[N, {k}]" if data.task == "classification" else f"[N, {k}, H, W]"
-    fix = (
-        f"build the model for {data.name!r}: in_channels={data.in_channels} (input "
-        f"{list(data.input_shape)}), num_classes={k}"
-    )
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
-            out = model(x)
-    except torch.OutOfMemoryError:
-        raise
-    except (RuntimeError, ValueError) as err:
-        text = one_line(err, 200)
+    problem = fit_problem(model, data.train_x, data.num_classes, exact=True, amp=amp,
+                          segmentation=data.task == "segmentation")  # fmt: skip
+    if problem is not None:
         raise ValueError(
-            f"the model cannot take {data.name!r} inputs of shape {list(x.shape)} ({text}); {fix}"
-        ) from None
-    finally:
-        model.train(was_training)
-    shape = tuple(out.shape) if isinstance(out, Tensor) else None
-    if data.task == "classification":
-        ok = shape is not None and len(shape) == 2 and shape[1] == k
-    else:  # the output may be smaller than the input (U-Net 'valid': masks are cropped)
-        ok = shape is not None and len(shape) == 4 and shape[1] == k
-        ok = ok and shape[2] <= x.shape[2] and shape[3] <= x.shape[3]
-    if not ok:
-        got = list(shape) if shape is not None else type(out).__name__
-        raise ValueError(
-            f"the model's output {got} does not fit {data.name!r} ({data.task}, {k} classes: "
-            f"expected {want}); {fix}"
+            f"the model does not fit {data.name!r} ({data.task}, {data.num_classes} classes, "
+            f"inputs {list(data.input_shape)}): {problem[1]}; build the model for "
+            f"{data.name!r}: in_channels={data.in_channels}, num_classes={data.num_classes}"
         )
 
 
@@ -221,26 +195,6 @@ def _json_norm(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
-def _difference(old: Any, new: Any) -> str:
-    """What differs between the run's value and the asked one: for mappings (the recipe,
-    the model options) only the fields that differ."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        keys = [k for k in sorted({*old, *new}) if old.get(k, _MISSING) != new.get(k, _MISSING)]
-        return "; ".join(
-            f"{k}: run has {old.get(k, _MISSING)!r}, asked for {new.get(k, _MISSING)!r}"
-            for k in keys
-        )
-    return f"run has {old!r}, asked for {new!r}"
-
-
-class _Missing:
-    def __repr__(self) -> str:
-        return "(not set)"
-
-
-_MISSING = _Missing()
-
-
 def prepare_out_dir(out_dir: Path, identity: dict[str, Any], resume: bool) -> dict[str, Any] | None:
     """Check the run folder; return the existing run.json when resuming. Never overwrites."""
     run_file = out_dir / RUN_FILE
@@ -258,11 +212,11 @@ def prepare_out_dir(out_dir: Path, identity: dict[str, Any], resume: bool) -> di
             )
         old = _json_norm({k: existing.get(k) for k in identity})
         new = _json_norm(identity)
-        diffs = [k for k in new if old.get(k) != new.get(k)]
-        if diffs:
-            k = diffs[0]
+        diffs = list(differences(old, new))
+        if diffs:  # every field that differs, by name (not the two whole recipes)
+            what = "; ".join(f"{k}: run has {a!r}, asked for {b!r}" for k, a, b in diffs)
             raise ValueError(
-                f"cannot resume {out_dir}: {k} differs ({_difference(old.get(k), new.get(k))}); "
+                f"cannot resume {out_dir}: it differs ({what}); "
                 "resume with the same model, options, data, recipe and seed, or choose another --out"
             )
         return existing
