@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
 _SEVERAL_INPUTS = (
@@ -53,6 +54,49 @@ def xy_batches(
             "iterable of (x, y) batches"
         )
     return list(_pairs(data)) if reiterable else _pairs(data)
+
+
+_LABEL_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def check_class_targets(out: Any, targets: Sequence[Tensor], analysis: str) -> None:
+    """Raise ``ValueError`` when integer class targets fall outside ``0..C-1`` for class
+    scores ``out`` ``[N, C, ...]`` (the output for a sample or more of the data), before
+    cross-entropy fails on them (on CUDA with a device-side assert) or accuracy silently
+    counts them as wrong. All the ``targets`` are read with one copy to the host (call it
+    once, not per batch). Outputs and targets that are not class scores and labels (float
+    targets, other shapes) are left to the analysis's own checks."""
+    if not isinstance(out, Tensor) or out.dim() < 2 or out.shape[1] == 0:
+        return
+    ys = [
+        y
+        for y in targets
+        if isinstance(y, Tensor)
+        and y.dtype in _LABEL_DTYPES
+        and y.numel()
+        and y.shape[1:] == out.shape[2:]
+    ]
+    if not ys:
+        return
+    device = ys[0].device
+    # (min, max) of each batch [B, 2], then one copy to the host.
+    ranges = torch.stack([torch.stack([v.long() for v in torch.aminmax(y)]).to(device) for y in ys])
+    lo, hi = torch.stack([ranges[:, 0].min(), ranges[:, 1].max()]).tolist()
+    num = out.shape[1]
+    if lo >= 0 and hi < num:
+        return
+    problem = []
+    if hi >= num:
+        problem.append(f"the largest label is {hi}")
+    if lo < 0:
+        problem.append(f"the smallest label is {lo}")
+    fix = f"pass class labels in 0..{num - 1}"
+    if hi >= num and lo >= 0:
+        fix = f"build the model with num_classes={hi + 1}, or {fix}"
+    raise ValueError(
+        f"{analysis}: class targets out of range: {' and '.join(problem)}, but the model has "
+        f"{num} outputs (classes 0..{num - 1}); {fix}"
+    )
 
 
 def _pairs(data: Iterable[Any]) -> Iterator[tuple[Tensor, Tensor]]:

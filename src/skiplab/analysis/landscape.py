@@ -40,9 +40,10 @@ point); the model passed in is left as it was.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,9 +51,9 @@ import torch
 from torch import Tensor, nn
 
 from ..models.layers import check_choice, check_positive_int, eval_norm_affine, invalid
-from .batches import xy_batches
+from .batches import check_class_targets, xy_batches
 from .blocks import run_model, unit_kind
-from .gradflow import default_loss
+from .gradflow import default_loss, module_mode
 from .result import Result, new_axes
 
 log = logging.getLogger(__name__)
@@ -236,8 +237,11 @@ def _grid(dims: int, coords: Tensor) -> Tensor:
 
 
 def _largest_activation(model: nn.Module, x: Tensor) -> int:
-    """Elements of the largest tensor a leaf module outputs for one sample ``x[:1]``."""
-    largest = [x[:1].numel()]
+    """Elements per sample of the largest tensor a leaf module outputs, from a forward
+    pass over two samples ``x[:2]`` (one sample would break a BatchNorm1d that keeps no
+    running statistics: it normalises over the batch)."""
+    x = x[:2]
+    largest = [x.numel()]
 
     def hook(_m: nn.Module, _i: Any, out: Any) -> None:
         if isinstance(out, Tensor):
@@ -246,11 +250,11 @@ def _largest_activation(model: nn.Module, x: Tensor) -> int:
     handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
     try:
         with torch.no_grad():
-            run_model(model, x[:1])
+            run_model(model, x)
     finally:
         for h in handles:
             h.remove()
-    return largest[0]
+    return -(-largest[0] // x.shape[0])
 
 
 def _memory_budget(device: torch.device) -> int:
@@ -516,6 +520,25 @@ def _eval_inplace(
 Totals = tuple[Tensor, Tensor, int, int, bool, dict[str, Any]]
 
 
+def _checked_targets(
+    model: nn.Module, chunks: Iterable[tuple[Tensor, Tensor]], device: torch.device
+) -> Iterable[tuple[Tensor, Tensor]]:
+    """``chunks``, once integer class targets have been checked against the model's
+    number of outputs (``check_class_targets``), before any grid point: all the targets
+    of ``(x, y)`` tensors, else those of the first batch (the data is read only once)."""
+    it = iter(chunks)
+    first = next(it, None)
+    if first is None:
+        return chunks
+    x, y = first
+    if not y.is_floating_point():
+        with module_mode(model, False), torch.no_grad():
+            out = run_model(model, x[:2].to(device))
+        ys = [t for _, t in chunks] if isinstance(chunks, list) else [y]
+        check_class_targets(out, ys, "loss_landscape")
+    return chunks if isinstance(chunks, list) else itertools.chain([first], it)
+
+
 def _run_inplace(
     model: nn.Module,
     batches: Iterator[tuple[Tensor, Tensor]],
@@ -548,7 +571,7 @@ def _run_inplace(
                 )
                 # Forward passes over chunks of the batch that fit a memory budget:
                 # about 3 of the largest activation per sample (input, output, temp).
-                x1 = evaluator.prepare(x[:1])
+                x1 = evaluator.prepare(x[:2])
                 per_sample = 3 * _largest_activation(evaluator.net, x1) * x1.element_size()
                 chunk = max(1, _memory_budget(device) // per_sample)
                 log.debug(
@@ -586,29 +609,25 @@ def _run_stacked(
     correct = torch.zeros(num_points, dtype=torch.float64)
     count = targets = 0
     classify = False
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for x, y in batches:
-                fn, classify = _loss_for(loss_fn, y)
-                ppb = points_per_batch
-                if ppb is None:
-                    ppb = _auto_points_per_batch(
-                        model, x, sum(w.numel() for w, _ in moving.values()), num_points
-                    )
-                    log.debug("loss_landscape: %d grid points per vmap call", ppb)
-                for start in range(0, num_points, ppb):
-                    chunk = ab[start : start + ppb]
-                    lo, co, classify = _eval_chunk(
-                        model, moving, fixed, chunk, x, y, fn, classify, method
-                    )
-                    loss_sum[start : start + len(chunk)] += lo.double().cpu()
-                    correct[start : start + len(chunk)] += co.double().cpu()
-                count += x.shape[0]
-                targets += y.numel()
-    finally:
-        model.train(was_training)
+    ppb = points_per_batch
+    # Eval mode; every submodule's own flag is restored after (a frozen BN stays in eval).
+    with module_mode(model, False), torch.no_grad():
+        for x, y in batches:
+            fn, classify = _loss_for(loss_fn, y)
+            if ppb is None:  # sized on the first batch
+                ppb = _auto_points_per_batch(
+                    model, x, sum(w.numel() for w, _ in moving.values()), num_points
+                )
+                log.debug("loss_landscape: %d grid points per vmap call", ppb)
+            for start in range(0, num_points, ppb):
+                chunk = ab[start : start + ppb]
+                lo, co, classify = _eval_chunk(
+                    model, moving, fixed, chunk, x, y, fn, classify, method
+                )
+                loss_sum[start : start + len(chunk)] += lo.double().cpu()
+                correct[start : start + len(chunk)] += co.double().cpu()
+            count += x.shape[0]
+            targets += y.numel()
     return loss_sum, correct, count, targets, classify, {}
 
 
@@ -674,9 +693,10 @@ def loss_landscape(
     Raises:
         ValueError: ``dims`` not 1 or 2, ``steps`` < 2, unknown ``norm``/``ignore``/
             ``method``/``precision``, ``precision="bf16"`` with ``"vmap"``/``"loop"``,
-            bad ``span`` or empty data.
+            bad ``span``, empty data, or (with the default loss) integer class targets
+            outside ``0..C-1`` for a model with ``C`` outputs.
     """
-    if dims not in (1, 2) or isinstance(dims, bool):
+    if isinstance(dims, bool) or not isinstance(dims, int) or dims not in (1, 2):
         raise invalid("dims", dims, (1, 2))
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
         raise invalid("steps", steps, "must be an integer >= 2 (grid points per axis)")
@@ -735,7 +755,10 @@ def loss_landscape(
     coords = torch.linspace(-float(span), float(span), steps, dtype=torch.float64)
     # The origin first (the model's own loss), then the grid.
     ab = torch.cat([torch.zeros(1, dims, dtype=torch.float64), _grid(dims, coords)])
-    batches = ((x.to(device), y.to(device)) for x, y in xy_batches(data, batch_size))
+    chunks = xy_batches(data, batch_size)
+    if loss_fn is None:
+        chunks = _checked_targets(model, chunks, device)
+    batches = ((x.to(device), y.to(device)) for x, y in chunks)
     if method == "inplace":
         totals = _run_inplace(model, batches, moving, ab, loss_fn, precision)
     else:

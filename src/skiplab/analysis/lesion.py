@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.layers import check_positive_int
-from .batches import xy_batches
+from .batches import check_class_targets, xy_batches
 from .blocks import UnitView, check_view, find_units, run_model
 from .gradflow import default_loss, module_mode
 from .result import Result, new_axes
@@ -34,23 +34,31 @@ METRICS = ("accuracy", "loss")
 
 
 def _evaluate(
-    model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], metric: str, device: Any
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    metric: str,
+    device: Any,
+    check_all: bool = False,
 ) -> float:
-    total, count = 0.0, 0
+    """The metric over all batches, summed on the device and read once at the end. The
+    output is checked on the first batch (``check_all``: on every batch, for the pass
+    over the intact model; a lesioned model's outputs keep the intact model's shapes)."""
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
     with torch.no_grad():
-        for x, y in batches:
+        for i, (x, y) in enumerate(batches):
             x, y = x.to(device), y.to(device)
             out = run_model(model, x)
-            _check_output(model, out, y, metric)
+            if check_all or i == 0:
+                _check_output(model, out, y, metric)
             if metric == "accuracy":
-                total += float((out.argmax(1) == y).sum())
-                count += y.numel()
+                total += (out.argmax(1) == y).sum()
             else:
-                total += float(default_loss(out, y)) * y.numel()
-                count += y.numel()
+                total += default_loss(out, y).double() * y.numel()
+            count += y.numel()
     if count == 0:
         raise ValueError("lesion got no data: pass (x, y) tensors or an iterable of batches")
-    return total / count
+    return float(total) / count
 
 
 def _check_output(model: nn.Module, out: Any, y: Tensor, metric: str) -> None:
@@ -198,6 +206,8 @@ def lesion(
             model's device).
         metric: ``"accuracy"`` (argmax over dim 1 equals the target; per pixel for
             segmentation) or ``"loss"`` (cross-entropy for integer targets, MSE for float).
+            Integer targets are class labels in ``0..C-1`` for a model with ``C``
+            outputs; others raise ``ValueError`` before the first full pass.
         k_values: numbers of units to delete together; default every k up to 10 units,
             else ten values spread over 1..U. draws: random sets per k. seed: seeds them
             (a private generator).
@@ -224,7 +234,8 @@ def lesion(
     def run(hooks: list[tuple[nn.Module, Callable]]) -> float:
         handles = [m.register_forward_hook(h) for m, h in hooks]
         try:
-            return _evaluate(model, batches, metric, device)
+            # The intact model's pass checks every batch's output and targets.
+            return _evaluate(model, batches, metric, device, check_all=not hooks)
         finally:
             for h in handles:
                 h.remove()
@@ -233,7 +244,10 @@ def lesion(
         return run([(units[i].module, _deleted_hook(units[i])) for i in idx])
 
     with module_mode(model, False):
-        shapes = _unit_shapes(model, units, batches, device)  # checks the units' parts too
+        # Two samples: the units' shapes (and their parts checked), and the number of
+        # classes the targets are checked against before any full pass.
+        shapes, out = _unit_shapes(model, units, batches, device)
+        check_class_targets(out, [y for _, y in batches], "lesion")
         baseline = run([])
         single = [{"name": u.name, "metric": deleted([i])} for i, u in enumerate(units)]
         random_rows = []
@@ -274,10 +288,11 @@ def _unit_shapes(
     units: Sequence[UnitView],
     batches: Iterable[tuple[Tensor, Tensor]],
     device: Any,
-) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """(input shape, output shape) of each unit without the batch dim, from one sample of
-    the first batch; raises ``ValueError`` (``check_view``) when a unit's output is not
-    what its parts compute, as deleting its branch would then be wrong."""
+) -> tuple[list[tuple[tuple[int, ...], tuple[int, ...]]], Any]:
+    """(input shape, output shape) of each unit without the batch dim, from two samples of
+    the first batch, and the model's output for it; raises ``ValueError``
+    (``check_view``) when a unit's output is not what its parts compute, as deleting its
+    branch would then be wrong."""
     shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] = [((), ())] * len(units)
     seen: list[tuple[Tensor, Tensor] | None] = [None] * len(units)
 
@@ -295,11 +310,12 @@ def _unit_shapes(
     handles = [u.module.register_forward_hook(hook(i)) for i, u in enumerate(units)]
     try:
         with torch.no_grad():
-            run_model(model, batch[0][:1].to(device))
+            # Two samples: one would break a BatchNorm1d that keeps no running statistics.
+            out = run_model(model, batch[0][:2].to(device))
     finally:
         for h in handles:
             h.remove()
     for u, rec in zip(units, seen, strict=True):
         if rec is not None:
             check_view(u, *rec)
-    return shapes
+    return shapes, out
