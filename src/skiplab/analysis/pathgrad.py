@@ -663,14 +663,18 @@ class PathGradients(Result):
     (< U) it has K+2 rows: rows 0..K as before and a last, remainder row with the exact
     gradient of all paths through more than K branches; ``parts.sum(0)`` is the input
     gradient either way. ``norms[k]`` = ``|parts[k]|`` (last: ``|remainder|`` when
-    ``max_length`` is set); ``norm_share[k]`` = ``norms[k] / sum(norms)``. ``counts[k]`` =
+    ``max_length`` is set); ``norm_share[k]`` = ``norms[k] / sum(norms)``, part k's share of
+    the summed part norms: not a share of the gradient's magnitude ``grad_norm``, as the
+    parts partly cancel (``sum(norms) >= grad_norm``). ``counts[k]`` =
     C(U, k), exact ints, one per row of ``parts`` (the remainder row's: sum over k > K of
     C(U, k)). ``max_length``: K, or None when ``parts`` is the full split.
     ``per_path_norm[k]`` (k = 0..U): mean gradient norm through one single path of length
-    k (Veit et al. 2016, Fig. 6a), exact where ``per_path_exact[k]`` (all paths were taken)
-    and otherwise a mean over ``samples`` random paths; None with samples=0.
-    ``total_share[k]``: Veit's total gradient magnitude per length, C(U, k) *
-    per_path_norm[k], normalised to sum 1 (Fig. 6b); None with samples=0. ``precision``:
+    k (Veit et al. 2016, Fig. 6b; Fig. 6a is the binomial count C(U, k)), exact where
+    ``per_path_exact[k]`` (all paths were taken) and otherwise a mean over ``samples``
+    random paths; None with samples=0. ``total_share[k]``: Veit's "total gradient
+    magnitude" per length, C(U, k) * per_path_norm[k] (Fig. 6c, the product of 6a and 6b),
+    normalised to sum 1: a sum of single-path norms, which ignores how paths cancel, so
+    again a share of summed norms, not of ``grad_norm``; None with samples=0. ``precision``:
     "fp32" (the VJPs in the input's dtype) or "bf16".
     """
 
@@ -693,9 +697,10 @@ class PathGradients(Result):
         return {k: to_jsonable(v) for k, v in vars(self).items() if k != "parts"}
 
     def effective_lengths(self, fraction: float = 0.9) -> tuple[int, int]:
-        """The shortest range of path lengths [lo, hi] that holds ``fraction`` of the
-        gradient magnitude (``total_share`` if sampled, else ``norm_share``; there, with
-        ``max_length=K``, hi = K + 1 stands for the remainder, lengths K+1..U)."""
+        """The shortest range of path lengths [lo, hi] that holds ``fraction`` of the share
+        used: ``total_share`` (Veit's total gradient magnitude, Fig. 6c) if sampled, else
+        ``norm_share`` (the summed part norms; there, with ``max_length=K``, hi = K + 1
+        stands for the remainder, lengths K+1..U)."""
         share = self.total_share if self.total_share is not None else self.norm_share
         return shortest_range(share, fraction)
 
@@ -720,14 +725,18 @@ class PathGradients(Result):
         paths = sum(counts[lo : hi + 1])
         # The remainder row (max_length=K) stands for lengths K+1..U.
         top = u if not sampled and self.max_length is not None and hi > self.max_length else hi
-        which = "sampled single paths" if sampled else "exact parts"
+        which = (
+            "of the total gradient magnitude (C(U, k) x mean single-path norm; Veit et al. "
+            "2016, Fig. 6c)"
+            if sampled
+            else "of the summed part norms sum_k |g_k| (exact parts; cf. Veit et al. 2016, Fig. 6c)"
+        )
         peak = max(range(len(self.norms)), key=self.norms.__getitem__)
         lines = [
             f"path gradients over {u} units (2^{u} paths), |dL/dx| = {self.grad_norm:.4g}",
             f"largest part: paths through {self._row_label(peak)} branches "
             f"({self.norm_share[peak]:.1%} of the summed part norms)",
-            f"90% of the gradient magnitude ({which}) comes from paths of length "
-            f"{lo}-{top}: {paths / 2**u:.3g} of all paths (Veit et al. 2016, Fig. 6)",
+            f"90% {which} comes from paths of length {lo}-{top}: {paths / 2**u:.3g} of all paths",
         ]
         if self.max_length is not None:
             lines.append(
@@ -738,8 +747,9 @@ class PathGradients(Result):
 
     def plot(self, ax: Any = None) -> Any:
         """Part norms and per-path norms against path length (log scale), with the share
-        of the total gradient per length as bars on a second axis (Veit et al. 2016, Fig. 6).
-        A remainder part (``max_length``) is drawn apart, at K + 1."""
+        per length as bars on a second axis: ``total_share`` (Veit et al. 2016, Fig. 6c)
+        if sampled, else ``norm_share``. A remainder part (``max_length``) is drawn apart,
+        at K + 1."""
         ax = new_axes(ax)
         exact = len(self.norms) - (self.max_length is not None)
         ks = list(range(len(self.norms)))
@@ -757,7 +767,11 @@ class PathGradients(Result):
         share = self.total_share if self.total_share is not None else self.norm_share
         twin = ax.twinx()
         twin.bar(range(len(share)), share, alpha=0.25, color="gray")
-        twin.set_ylabel("share of total gradient")
+        twin.set_ylabel(
+            "share of total gradient magnitude (Fig. 6c)"
+            if self.total_share is not None
+            else "share of summed part norms"
+        )
         ax.legend(loc="upper right")
         ax.set_title("gradient by path length")
         return ax

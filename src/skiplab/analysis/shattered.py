@@ -8,7 +8,9 @@ A net with one input and one output is evaluated at 256 equally spaced points in
 points decays like 2^-L); in resnets with batch norm it decays like 1/sqrt(L) and looks
 like brown noise (Balduzzi et al. 2017, Figs. 1-3).
 
-Two measures of the signal, as pure helpers tested on synthetic signals:
+Two measures of the signal, as pure helpers tested on synthetic signals (a constant
+signal, ``is_constant``, has neither: both are NaN, and an init whose gradient is constant
+is counted and left out of the means, see ``ShatteredRow.constant_inits``):
 
 - ``autocorrelation``: normalised autocorrelation at lags 0..L (1 at lag 0; ~0 at lags
   >= 1 for white noise, close to 1 for a smooth signal).
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +46,9 @@ log = logging.getLogger(__name__)
 
 ModelSpec = str | tuple[str, Mapping[str, Any]] | Callable[[int], nn.Module]
 
+# A signal whose variance is below this fraction of its mean square is constant (is_constant).
+_CONSTANT_RTOL = 1e-12
+
 
 # --------------------------------------------------------------------------- pure helpers
 
@@ -52,7 +58,8 @@ def autocorrelation(signal: Any, max_lag: int | None = None) -> np.ndarray:
 
     ``r(k) = sum_t (g_t - m)(g_{t+k} - m) / sum_t (g_t - m)^2`` (the biased estimator, so
     ``r(0) = 1``). Leading axes are kept: ``[..., T] -> [..., max_lag + 1]``. A constant
-    signal has no variance to normalise by: its autocorrelation is NaN.
+    signal (``is_constant``) has no variance to normalise by: its autocorrelation is NaN
+    at every lag, r(0) included.
     """
     g = np.asarray(signal, dtype=np.float64)
     n = g.shape[-1]
@@ -63,8 +70,19 @@ def autocorrelation(signal: Any, max_lag: int | None = None) -> np.ndarray:
     var = (c * c).sum(axis=-1)
     out = np.stack([(c[..., : n - k] * c[..., k:]).sum(axis=-1) for k in range(max_lag + 1)], -1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        scale = np.where(var > 1e-12 * np.maximum(1.0, (g * g).sum(axis=-1)), var, np.nan)
+        scale = np.where(is_constant(g), np.nan, var)
         return out / scale[..., None]
+
+
+def is_constant(signal: Any) -> np.ndarray:
+    """Whether ``signal`` is constant along its last axis, to float32 precision: its spread
+    about its mean is below 1e-6 of its root mean square (variance below 1e-12 of the mean
+    square), so float32 rounding of a constant is constant, and all zeros is. The test is
+    relative: a signal and its rescaling by any factor (a vanishing gradient) get the same
+    answer. Leading axes are kept: ``[..., T] -> [...]`` booleans."""
+    g = np.asarray(signal, dtype=np.float64)
+    c = g - g.mean(axis=-1, keepdims=True)
+    return ~((c * c).sum(axis=-1) > _CONSTANT_RTOL * (g * g).sum(axis=-1))
 
 
 def power_spectrum(signal: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -85,11 +103,16 @@ def power_spectrum(signal: Any) -> tuple[np.ndarray, np.ndarray]:
 def spectral_slope(signal: Any) -> float:
     """Least-squares slope of log power against log frequency (white noise ~0, brown ~-2).
 
-    Spectra of signals along leading axes are averaged first. The fit weighs each octave
+    Spectra of signals along leading axes are averaged first, leaving out constant ones
+    (``is_constant``: their spectrum is rounding noise). The fit weighs each octave
     equally (power averaged in log-spaced bins), so the many high frequencies of a linear
     grid do not dominate it. NaN for a constant signal.
     """
-    f, p = power_spectrum(signal)
+    g = np.asarray(signal, dtype=np.float64)
+    g = g.reshape(-1, g.shape[-1])[~is_constant(g).reshape(-1)]
+    if len(g) == 0:
+        return math.nan
+    f, p = power_spectrum(g)
     if not np.all(np.isfinite(p)) or p.max() <= 0:
         return math.nan
     edges = np.geomspace(f[0], f[-1] * (1 + 1e-9), num=max(3, int(np.log2(len(f))) * 2 + 1))
@@ -138,7 +161,21 @@ def input_gradient(model: nn.Module, x: Tensor) -> Tensor:
     try:
         with module_mode(model, False):
             x = x.detach().clone().requires_grad_(True)
-            (grad,) = torch.autograd.grad(model(x).sum(), x)
+            try:
+                out = model(x)
+            except RuntimeError as err:
+                raise ValueError(
+                    f"the net fails on a batch of shape {list(x.shape)}, {x.dtype} ({err}); "
+                    "shattered gradients need a net with one input feature and one output"
+                ) from err
+            if not isinstance(out, Tensor) or out.numel() != x.shape[0]:
+                got = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                raise ValueError(
+                    f"the net returned {got} for {x.shape[0]} points: shattered gradients "
+                    "need a net with one output (num_classes=1); the gradient of the sum "
+                    "of several outputs would be reported silently"
+                )
+            (grad,) = torch.autograd.grad(out.sum(), x)
     finally:
         for h in handles:
             h.remove()
@@ -150,7 +187,14 @@ def input_gradient(model: nn.Module, x: Tensor) -> Tensor:
 
 @dataclass
 class ShatteredRow:
-    """One architecture at one depth, over ``inits`` random initialisations."""
+    """One architecture at one depth, over ``inits`` random initialisations.
+
+    ``constant_inits``: how many of them gave a gradient that is constant over the points
+    (``is_constant``: the net is affine on the span, e.g. it has no nonlinearity, its ReLUs
+    are all dead there, g = 0, or a norm cancels the input's scale).
+    Such a gradient has no autocorrelation or spectrum (0/0); the means and stds are over
+    the other ``inits - constant_inits`` inits, NaN when there are none.
+    """
 
     arch: str
     depth: int
@@ -161,6 +205,7 @@ class ShatteredRow:
     lag1_std: float
     slope_mean: float
     slope_std: float
+    constant_inits: int = 0
 
 
 @dataclass(repr=False)
@@ -200,9 +245,23 @@ class ShatteredGradients(Result):
             f"  {'arch':<22} {'depth':>5} {'lag-1 autocorr':>18} {'spectral slope':>18}",
         ]
         for r in self.rows:
+            if r.constant_inits == self.inits:
+                stats = f"{'n/a':>18} {'n/a':>18}  (gradient constant in every init)"
+            else:
+                stats = (
+                    f"{r.lag1_mean:>9.3f} ± {r.lag1_std:<6.3f}"
+                    f" {r.slope_mean:>9.2f} ± {r.slope_std:<6.2f}"
+                )
+                if r.constant_inits:
+                    stats += (
+                        f"  (over {self.inits - r.constant_inits} inits: "
+                        f"{r.constant_inits} with a constant gradient left out)"
+                    )
+            lines.append(f"  {r.arch:<22} {r.depth:>5} {stats}")
+        if any(r.constant_inits for r in self.rows):
             lines.append(
-                f"  {r.arch:<22} {r.depth:>5} {r.lag1_mean:>9.3f} ± {r.lag1_std:<6.3f}"
-                f" {r.slope_mean:>9.2f} ± {r.slope_std:<6.2f}"
+                "  a constant gradient (a net affine on the span: linear, every ReLU dead...) "
+                "has no autocorrelation or spectrum: such inits are left out of the means"
             )
         return "\n".join(lines)
 
@@ -264,11 +323,18 @@ def build(spec: ModelSpec, depth: int, **defaults: Any) -> nn.Module:
         return create_model(f"{spec}-{depth}", **defaults)
     if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
         return create_model(f"{spec[0]}-{depth}", **{**defaults, **dict(spec[1])})
-    if callable(spec):
-        return spec(depth)
+    if callable(spec) and not isinstance(spec, nn.Module):
+        model = spec(depth)
+        if not isinstance(model, nn.Module):
+            raise ValueError(
+                f"invalid model spec {_spec_label(spec)!r}: called with depth={depth} it "
+                f"returned a {type(model).__name__}, not an nn.Module"
+            )
+        return model
     raise ValueError(
         f"invalid model spec {spec!r}: expected a registry family name such as 'resmlp', a "
-        "(name, options) pair, or a callable depth -> nn.Module"
+        "(name, options) pair, or a callable depth -> nn.Module (a factory, not a module: "
+        "each depth and init builds a fresh one)"
     )
 
 
@@ -280,19 +346,31 @@ def model_specs(models: Sequence[ModelSpec] | Mapping[str, ModelSpec]) -> dict[s
         isinstance(models, tuple) and len(models) == 2 and isinstance(models[1], Mapping)
     ):
         specs = {_spec_label(models): models}  # a single spec
+    elif callable(models) and not isinstance(models, nn.Module):
+        specs = {_spec_label(models): models}  # a single factory
     else:
         specs = {}
         for spec in models:
-            specs[_spec_label(spec)] = spec
+            label = _spec_label(spec)
+            if label in specs:  # two lambdas are both '<lambda>': one would be lost
+                raise ValueError(
+                    f"invalid models: two of them are labelled {label!r}; pass a mapping "
+                    "{label: spec} to name each once"
+                )
+            specs[label] = spec
     if not specs:
         raise ValueError("invalid models: expected at least one model")
     return specs
 
 
 def _check_depths(depths: Sequence[int]) -> list[int]:
-    if isinstance(depths, int):
+    if isinstance(depths, numbers.Integral):
         depths = [depths]
-    out = [int(d) for d in depths]
+    out = []
+    for d in depths:  # no silent int(4.7) == 4, int("4") == 4 or int(True) == 1
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1:
+            raise invalid("depths", depths, "must be positive integers (weight-layer counts)")
+        out.append(int(d))
     if not out:
         raise ValueError("invalid depths: expected at least one depth")
     return out
@@ -333,17 +411,30 @@ def shattered_gradients(
         inits: random initialisations averaged over, seeded ``seed, seed+1, ...``.
         max_lag: the autocorrelation is reported at lags ``0..max_lag``.
         norm: the MLPs' norm (``"batch"`` as in the paper, or ``"layer"``, ``"none"``...).
+            The registry MLPs start with zero biases, so without batch norm their 1-D
+            function is degenerate at init: with ``"none"`` it is positively homogeneous
+            (two linear pieces meeting at x = 0, the gradient a step at every depth); with
+            ``"layer"`` or ``"group"`` the first norm makes it nearly constant on each side
+            of 0 (the gradient ~0 away from x = 0, or rounding noise). Only ``"batch"``,
+            which normalises across the points, gives the paper's comparison.
 
-    The global RNG is left untouched (each init runs under ``torch.random.fork_rng``).
+    Inits whose gradient is constant over the points (``is_constant``: a linear net, or
+    every ReLU dead) have no autocorrelation; they are counted in each row's
+    ``constant_inits``, left out of its means, named in a logged warning and in
+    ``summary()``. The global RNG is left untouched (each init runs under
+    ``torch.random.fork_rng``).
     """
     points = check_positive_int("points", points)
     if points < 4:
         raise invalid("points", points, "must be at least 4")
     inits = check_positive_int("inits", inits)
     check_positive_int("width", width)
-    lo, hi = (float(s) for s in span)
-    if not hi > lo:
-        raise invalid("span", span, "must be (low, high) with low < high")
+    try:
+        lo, hi = (float(s) for s in span)
+    except (TypeError, ValueError):
+        raise invalid("span", span, "must be two numbers (low, high)") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        raise invalid("span", span, "must be (low, high), finite, with low < high")
     if isinstance(max_lag, bool) or not isinstance(max_lag, int) or not 1 <= max_lag < points:
         raise invalid("max_lag", max_lag, f"must be an integer in [1, {points - 1}]")
     specs = model_specs(models)
@@ -363,8 +454,30 @@ def shattered_gradients(
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(seed + i)
                     model = build(spec, depth, **defaults).to(device)
-                grads.append(input_gradient(model, x).cpu().double().numpy())
+                try:
+                    grads.append(input_gradient(model, x).cpu().double().numpy())
+                except ValueError as err:
+                    raise ValueError(f"{label} at depth {depth}: {err}") from err
             g = np.stack(grads)  # [inits, points]
+            # A constant gradient's autocorrelation is 0/0, and is left out (NaN), not
+            # scored 1 as "perfectly smooth": g = c + eps * h has the autocorrelation of
+            # h for every eps > 0, so there is no limit to take, and g = 0 (every ReLU
+            # dead) is a dead net, not a smooth one; scoring it 1 would make a broken
+            # plain net look unshattered. The count says how many inits the means lack.
+            constant = int(is_constant(g).sum())
+            if constant:
+                log.warning(
+                    "shattered gradients: %s at depth %d: the gradient is constant over the "
+                    "%d points in %d of %d inits (the net is affine on [%g, %g]: linear, every "
+                    "ReLU dead...); they have no autocorrelation and are left out of the means",
+                    label,
+                    depth,
+                    points,
+                    constant,
+                    inits,
+                    lo,
+                    hi,
+                )
             acf = autocorrelation(g, max_lag)
             slopes = np.array([spectral_slope(gi) for gi in g])
             acf_mean, acf_std = _nan_mean_std(acf)
@@ -381,6 +494,7 @@ def shattered_gradients(
                     lag1_std=float(acf_std[1]),
                     slope_mean=float(slope_mean),
                     slope_std=float(slope_std),
+                    constant_inits=constant,
                 )
             )
     return ShatteredGradients(
