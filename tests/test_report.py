@@ -473,3 +473,42 @@ def test_learning_curves_legend_beside_the_panels_and_plain_log_ticks(
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels(minor=True) if t.get_text()]
     labels += [t.get_text() for t in fig.axes[0].get_yticklabels() if t.get_text()]
     assert labels and not any("times" in t or "^" in t for t in labels), labels
+
+
+def test_shattered_rows_constant_in_every_init_are_reported_not_compared() -> None:
+    """A net whose gradient is constant in every init has no autocorrelation (null in
+    JSON): the findings say so and compare nothing with it, and the figure leaves it out."""
+    import json
+
+    from torch import nn
+
+    from skiplab.report.figures import shattered_figure
+    from skiplab.report.findings import shattered_findings
+
+    def linear(depth: int) -> nn.Module:
+        return nn.Sequential(*[nn.Linear(1 if i == 0 else 4, 4) for i in range(depth)],
+                             nn.Linear(4, 1))  # fmt: skip
+
+    res = A.shattered_gradients({"plain": linear, "resmlp": "resmlp"}, [4], inits=2, width=8,
+                                points=32, max_lag=3)  # fmt: skip
+    data = json.loads(json.dumps(res.to_dict()))  # as the report reads it: NaN -> null
+    plain = next(r for r in data["rows"] if r["arch"] == "plain")
+    assert plain["lag1_mean"] is None and plain["constant_inits"] == 2
+    text, tables = shattered_findings(data)
+    assert any("plain at depth 4 (2 of 2)" in t for t in text), text
+    assert not any("Balduzzi" in t for t in text)  # no comparison with a missing value
+    assert tables[0].rows[0][2] == "–"
+    assert shattered_figure(data).png  # drawn without the missing points
+
+
+def test_path_gradient_finding_names_the_measure() -> None:
+    """90% of what: Veit's total gradient magnitude where paths were sampled, else the
+    summed part norms; never 'the gradient magnitude', which the parts do not add up to."""
+    from skiplab.report.findings import pathgrad_findings
+
+    model = create_model("resnet-8", width=0.25).eval()
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    for samples, measure in ((0, "of the summed gradient norms"), (8, "of Veit et al.'s total")):
+        res = A.path_gradients(model, x, y, samples=samples).to_dict()
+        text, _ = pathgrad_findings({"resnet-8": [res]})
+        assert measure in text[0] and "of the gradient magnitude" not in text[0]

@@ -275,7 +275,15 @@ def pathgrad_figure(by_label: dict[str, list[dict[str, Any]]]) -> FigureImage:
                 continue
             u = len(counts) - 1
             ks = range(len(share))
-            ax.plot(ks, share, marker="o", ms=3, lw=1.6, color=color(i), label=f"{label}: gradient")
+            ax.plot(
+                ks,
+                share,
+                marker="o",
+                ms=3,
+                lw=1.6,
+                color=color(i),
+                label=f"{label}: gradient share",
+            )
             ax.plot(range(len(counts)), [c / 2**u for c in counts], lw=1.0, ls="--", color=color(i),
                     alpha=0.7, label=f"{label}: share of paths C({u},k)/2^{u}")  # fmt: skip
         ax.set_xlabel("path length k (residual branches passed)")
@@ -284,8 +292,9 @@ def pathgrad_figure(by_label: dict[str, list[dict[str, Any]]]) -> FigureImage:
         ax.set_title("Which path lengths carry the gradient (Veit et al. 2016, Fig. 6)")
         ax.legend(loc="best")
 
-    return render("path-gradients", "Gradient magnitude by path length (solid) against the binomial "
-                  "share of paths of that length (dashed).", draw, (7.0, 3.6))  # fmt: skip
+    return render("path-gradients", "Share of the gradient by path length (solid: of Veit et al.'s total "
+                  "gradient magnitude where paths were sampled, else of the summed part norms) against "
+                  "the binomial share of paths of that length (dashed).", draw, (7.0, 3.6))  # fmt: skip
 
 
 # --------------------------------------------------------------------------- identity
@@ -389,10 +398,10 @@ def shattered_figure(res: dict[str, Any]) -> FigureImage:
     def draw(fig: Figure) -> None:
         a1, a2 = fig.subplots(1, 2)
         for i, arch in enumerate(res.get("archs") or []):
-            pts = sorted(
+            pts = sorted(  # a depth constant in every init has no autocorrelation (None)
                 (r["depth"], r["lag1_mean"], r.get("lag1_std") or 0.0)
                 for r in rows
-                if r["arch"] == arch
+                if r["arch"] == arch and r.get("lag1_mean") is not None
             )
             a1.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", ms=4,
                         lw=1.5, capsize=2, color=color(i), label=arch)  # fmt: skip

@@ -580,8 +580,10 @@ def gradflow_findings(
 
 
 def gradient_share(res: dict[str, Any]) -> list[float]:
-    """Share of the gradient per path length: Veit's sampled totals, else the exact parts
-    (without the remainder row of a ``max_length`` split: it mixes all longer paths)."""
+    """Share per path length: of Veit's total gradient magnitude (``total_share``: C(U, k)
+    x the mean single-path norm, Fig. 6c) where paths were sampled, else of the summed norms
+    of the exact parts (``norm_share``, without the remainder row of a ``max_length``
+    split: it mixes all longer paths). Neither is a share of |dL/dx|: parts cancel."""
     if res.get("total_share"):
         return [float(v or 0.0) for v in res["total_share"]]
     share = [float(v or 0.0) for v in res.get("norm_share") or []]
@@ -623,8 +625,13 @@ def pathgrad_findings(by_label: dict[str, list[dict[str, Any]]]) -> tuple[list[s
         typical = u / 2
         rows.append([label, str(u), big(2**u), str(peak), f"{lo}–{hi}", pct(frac),
                      num(grad.mean if (grad := stat([x.get("grad_norm") for x in results])) else None)])  # fmt: skip
+        measure = (
+            "Veit et al.'s total gradient magnitude"
+            if res.get("total_share")
+            else "the summed gradient norms of the path lengths"
+        )
         out.append(
-            f"In {label} ({u} units, {big(2**u)} paths), 90% of the gradient magnitude comes from "
+            f"In {label} ({u} units, {big(2**u)} paths), 90% of {measure} comes from "
             f"paths through {lo}–{hi} residual branches, {pct(frac)} of all paths; the largest "
             f"share comes from length {peak}, while most paths have length about {typical:g}."
         )
@@ -774,8 +781,12 @@ def shattered_findings(res: dict[str, Any]) -> tuple[list[str], list[Table]]:
     rows_ = res.get("rows") or []
     n = int(res.get("inits") or 1)
 
+    def lag1(r: dict[str, Any]) -> float | None:  # None: constant in every init
+        v = r.get("lag1_mean")
+        return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
+
     def ms(m: Any, s: Any) -> str:
-        return f"{num(m)} ± {num(s, 2)}" if n > 1 else num(m)
+        return f"{num(m)} ± {num(s, 2)}" if n > 1 and num(m) != "–" else num(m)
 
     rows = [
         [r["arch"], str(r["depth"]), ms(r["lag1_mean"], r.get("lag1_std")),
@@ -795,7 +806,10 @@ def shattered_findings(res: dict[str, Any]) -> tuple[list[str], list[Table]]:
         plain = next((a for a in at if a in ("mlp", "plain") or a.startswith("plain")), None)
         if plain and len(at) > 1:
             res_ = [a for a in at if a != plain]
-            if all(at[a]["lag1_mean"] > at[plain]["lag1_mean"] for a in res_):
+            known = lag1(at[plain]) is not None and all(lag1(at[a]) is not None for a in res_)
+            if not known:
+                pass  # a net constant in every init has no autocorrelation to compare
+            elif all(lag1(at[a]) > lag1(at[plain]) for a in res_):  # type: ignore[operator]
                 out.append(
                     "The plain net's gradient is the most shattered (closest to white noise), as "
                     "Balduzzi et al. 2017 predict; the skips keep it correlated."
@@ -814,6 +828,15 @@ def shattered_findings(res: dict[str, Any]) -> tuple[list[str], list[Table]]:
                         f"{a}: lag-1 autocorrelation {num(r0['lag1_mean'])} at depth {lo} → "
                         f"{num(at[a]['lag1_mean'])} at depth {d}."
                     )
+    constant = [r for r in rows_ if r.get("constant_inits")]
+    if constant:
+        txt = join_and([f"{r['arch']} at depth {r['depth']} ({r['constant_inits']} of {n})"
+                        for r in constant])  # fmt: skip
+        out.append(
+            f"The gradient was constant over the points (the net affine there: no "
+            f"nonlinearity, or every ReLU dead) in some initialisations of {txt}; a constant "
+            "has no autocorrelation, so they are left out of the means."
+        )
     return out, [table]
 
 
