@@ -72,7 +72,10 @@ def test_cifar_parameter_counts(depth: int) -> None:
     if depth in PAPER_M:
         digits = 1 if PAPER_M[depth] >= 1 else 2
         assert round(count / 1e6, digits) == pytest.approx(PAPER_M[depth])
-    assert n_params(skiplab.create_model(f"preact-resnet-{depth}")) == count
+    # Pre-activation bottleneck nets: their three projection shortcuts are bare 1x1 convs
+    # (He et al.'s code), without the BN (2 x C parameters) of the original units'.
+    bn = 2 * (64 + 128 + 256) if depth in (164, 1001) else 0
+    assert n_params(skiplab.create_model(f"preact-resnet-{depth}")) == count - bn
     if depth < 164:
         assert n_params(skiplab.create_model(f"plain-{depth}")) == count
 
@@ -84,6 +87,30 @@ def test_resnet1001_matches_paper_without_norm_parameters() -> None:
                   for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear))  # fmt: skip
     assert round(weights / 1e6, 1) == 10.2
     assert sum(1 for m in model.modules() if isinstance(m, ResidualUnit)) == 333
+
+
+def test_bottleneck_stride_and_preact_projection_follow_the_papers_code() -> None:
+    """CIFAR bottlenecks (He et al. 2016's code) stride on the first 1x1; ImageNet nets
+    keep torchvision's v1.5 layout (stride on the 3x3). A full pre-activation unit's
+    projection is a bare 1x1 conv on the already normalised input; an original unit's
+    has its BN."""
+    units = lambda m: [u for u in m.modules() if isinstance(u, ResidualUnit)]  # noqa: E731
+    for name, first in (("preact-resnet-164", True), ("resnet-164", True), ("resnet50", False)):
+        model = (
+            skiplab.create_model(name, width=0.25) if "-" in name else skiplab.create_model(name)
+        )
+        down = next(u for u in units(model) if u.branch.conv2.stride != u.branch.conv1.stride)
+        strides = (down.branch.conv1.stride, down.branch.conv2.stride)
+        assert strides == (((2, 2), (1, 1)) if first else ((1, 1), (2, 2))), name
+    preact = units(skiplab.create_model("preact-resnet-164", width=0.25))[0]
+    assert isinstance(preact.shortcut, nn.Sequential) and list(preact.shortcut) == [
+        preact.shortcut.conv
+    ]
+    assert preact.shortcut_reads_preact and isinstance(preact.preact.norm, nn.BatchNorm2d)
+    original = units(skiplab.create_model("resnet-164", width=0.25))[0]
+    assert isinstance(original.shortcut.norm, nn.BatchNorm2d)
+    x = torch.randn(2, 3, 32, 32)
+    assert skiplab.create_model("preact-resnet-164", width=0.25)(x).shape == (2, 10)
 
 
 def test_depth_determines_block() -> None:

@@ -108,8 +108,9 @@ class ResidualUnit(nn.Module):
 
     Args:
         in_channels, out_channels, stride: shape of the unit; a bottleneck's inner width
-            is ``mid_channels`` (default ``out_channels // 4``); the stride sits on the
-            k x k layer (torchvision's ResNet v1.5).
+            is ``mid_channels`` (default ``out_channels // 4``); its stride sits on the
+            k x k layer (torchvision's ResNet v1.5), or with ``stride_first`` on the first
+            1x1 layer (He et al.'s code: ResNet v1 and the CIFAR bottlenecks of 2016).
         placement: where BN and the activation sit (He et al. 2016, Fig. 4).
         shortcut: the shortcut variant (see ``SHORTCUTS``); ``"none"`` makes a plain unit.
         shortcut_scale / shortcut_dropout / gate_bias: parameters of those variants.
@@ -130,6 +131,7 @@ class ResidualUnit(nn.Module):
         act_layer: ActLayer,
         bottleneck: bool = False,
         mid_channels: int | None = None,
+        stride_first: bool = False,
         kernel_size: int = 3,
         placement: str = "original",
         shortcut: str = "identity",
@@ -149,9 +151,10 @@ class ResidualUnit(nn.Module):
 
         if bottleneck:
             mid = mid_channels or max(1, out_channels // 4)
+            s1, s2 = (stride, 1) if stride_first else (1, stride)
             layers = [
-                (in_channels, mid, 1, 1),
-                (mid, mid, kernel_size, stride),
+                (in_channels, mid, 1, s1),
+                (mid, mid, kernel_size, s2),
                 (mid, out_channels, 1, 1),
             ]
         else:
@@ -199,12 +202,14 @@ class ResidualUnit(nn.Module):
             self.branch_scale = None
 
         # The shortcut. Where the shape changes and a variant has no rule of its own,
-        # it is a projection (1x1 conv + norm), then the variant's scale/dropout/gate.
+        # it is a projection (1x1 conv + norm), then the variant's scale/dropout/gate. In a
+        # full pre-activation unit the projection is the bare 1x1 conv: it reads the input
+        # the unit's own BN has just normalised (He et al.'s code, timm's ResNetV2).
         reshape = stride != 1 or in_channels != out_channels
 
         def projection() -> nn.Module:
             parts = [("conv", conv_layer(in_channels, out_channels, 1, stride))]
-            if norm_layer is not None:
+            if norm_layer is not None and placement != "full-preact":
                 parts.append(("norm", norm_layer(out_channels)))
             return nn.Sequential(OrderedDict(parts))
 

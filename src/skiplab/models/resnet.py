@@ -161,7 +161,8 @@ def init_weights(model: nn.Module, init: str, classifier: nn.Module | None) -> N
 class ResNet(nn.Module):
     """A stem, stages of residual (or plain) units, and a pooled linear classifier.
 
-    ``stages`` is a list of ``(units, out_channels, stride)``; everything else is options.
+    ``stages`` is a list of ``(units, out_channels, stride)``; everything else is options
+    (``stride_first``: a bottleneck's stride on its first 1x1 layer, not on its k x k).
     """
 
     def __init__(
@@ -172,6 +173,7 @@ class ResNet(nn.Module):
         stem_channels: int = 16,
         bottleneck: bool = False,
         mid_divisor: int = 4,
+        stride_first: bool = False,
         unit: UnitArgs,
         act: str | ActLayer = "relu",
         in_channels: int = 3,
@@ -207,6 +209,7 @@ class ResNet(nn.Module):
                         act_layer=act_layer,
                         bottleneck=bottleneck,
                         mid_channels=out_ch // mid_divisor if bottleneck else None,
+                        stride_first=stride_first,
                         **unit.unit_kwargs(),
                     )
                 )
@@ -332,6 +335,7 @@ def cifar_resnet(
         stem="cifar",
         stem_channels=widths[0],
         bottleneck=bottleneck,
+        stride_first=bottleneck,  # He et al. 2016's code: the stride on the first 1x1
         unit=unit,
         act=act,
         in_channels=check_positive_int("in_channels", in_channels),
