@@ -1,5 +1,5 @@
 """Many small runs on one device: N training runs through skiplab's study runner, one after
-another (``workers=1``) and all at once (``workers=N``, N worker processes sharing the
+another in this process (``workers=0``) and all at once (``workers=N``, N worker processes sharing the
 device), each into its own temporary study folder.
 
     python benchmarks/many_runs.py --device cpu|cuda [--runs 8] [--model resnet-20]
@@ -122,7 +122,7 @@ def main() -> None:
         p.error("--runs must be at least 2")
     spec = make_spec(args.runs, args.model, args.batch, args.images, args.epochs)
     with tempfile.TemporaryDirectory(prefix="skiplab-many-runs-") as tmp:
-        seq = timed_study(spec, Path(tmp) / "sequential", 1, args.device)
+        seq = timed_study(spec, Path(tmp) / "sequential", 0, args.device)  # no worker to start
         con = timed_study(spec, Path(tmp) / "concurrent", args.runs, args.device)
         eager = eager_sequential(args, Path(tmp) / "eager") if args.eager else None
     speedup = seq["wall_s"] / con["wall_s"]

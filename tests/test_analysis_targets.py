@@ -180,3 +180,17 @@ def test_batchnorm1d_without_running_stats() -> None:
 def test_landscape_dims_must_be_an_int() -> None:
     with pytest.raises(ValueError, match=r"invalid dims=1\.0"):
         loss_landscape(five_classes(), (X, IN_RANGE), dims=1.0)
+
+
+@pytest.mark.parametrize("analysis", ["gradient_flow", "path_gradients"])
+def test_gradient_analyses_name_labels_out_of_range(analysis: str) -> None:
+    """The default loss of gradient_flow and path_gradients checks the labels first: one
+    clear error, not cross-entropy's IndexError (a device-side assert on a GPU)."""
+    import skiplab.analysis as A
+
+    model = skiplab.create_model("resnet-8", width=0.25, num_classes=5).eval()
+    x = torch.randn(4, 3, 8, 8)
+    fn = getattr(A, analysis)
+    with pytest.raises(ValueError, match=rf"{analysis}: .*largest label is 7.* 5 outputs"):
+        fn(model, x, torch.tensor([0, 1, 7, 2]))
+    assert fn(model, x, torch.tensor([0, 1, 4, 2])) is not None  # in range: runs

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .batches import check_class_targets
 from .blocks import UnitView, find_units, run_model, torchvision_unit_types
 from .result import Result, new_axes
 
@@ -56,6 +57,19 @@ def default_loss(output: Tensor, target: Tensor) -> Tensor:
             "class indices for cross-entropy, or pass loss_fn=..."
         )
     return F.mse_loss(output, target.to(output.dtype))
+
+
+def checked_default_loss(analysis: str) -> LossFn:
+    """``default_loss`` that first checks integer class targets against the number of
+    outputs (``check_class_targets``: one clear error, not cross-entropy's IndexError or a
+    device-side assert) — for analyses that call the loss once or twice, as it reads the
+    targets' range back to the host each call."""
+
+    def loss(output: Tensor, target: Tensor) -> Tensor:
+        check_class_targets(output, [target], analysis)
+        return default_loss(output, target)
+
+    return loss
 
 
 @contextmanager
@@ -192,7 +206,7 @@ def gradient_flow(
     Gradients are taken with ``torch.autograd.grad``: the parameters' ``.grad`` are not
     touched and the model is left as it was.
     """
-    loss_fn = loss_fn or default_loss
+    loss_fn = loss_fn or checked_default_loss("gradient_flow")
     inputs = _inputs(x)
     if blocks is not None:
         units = find_units(model, blocks, opaque=True)

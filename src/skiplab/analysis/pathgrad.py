@@ -48,7 +48,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..models.layers import Scale, check_choice, eval_norm_affine, invalid
 from .blocks import UnitView, check_view, find_units, run_model, unit_kind
-from .gradflow import LossFn, default_loss, module_mode
+from .gradflow import LossFn, checked_default_loss, module_mode
 from .result import Result, new_axes, to_jsonable
 
 log = logging.getLogger(__name__)
@@ -830,7 +830,7 @@ def path_gradients(
     max_length=20 3.6x, both measured before the direct VJPs, which remove most of that
     dispatch and two of the elementwise passes per unit.
     """
-    loss_fn = loss_fn or default_loss
+    loss_fn = loss_fn or checked_default_loss("path_gradients")
     if not isinstance(x, Tensor) or not x.is_floating_point():
         got = f"a {x.dtype} tensor" if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(

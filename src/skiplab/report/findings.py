@@ -55,6 +55,7 @@ class StudyData:
     runs: list[RunData]
     session_s: float | None = None
     devices: list[str] = field(default_factory=list)  # what the jobs ran on
+    sessions: list[dict[str, Any]] = field(default_factory=list)  # each run or resume
 
     @property
     def training(self) -> list[RunData]:
@@ -127,6 +128,7 @@ def load_study(store: Store) -> StudyData:
         runs=runs,
         session_s=store.meta("last_session_s"),
         devices=list(store.meta("devices", []) or []),
+        sessions=store.sessions(),
     )
 
 

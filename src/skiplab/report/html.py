@@ -32,6 +32,33 @@ def _environment() -> jinja2.Environment:
     )
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def sessions_table(study: Any) -> Table | None:
+    """One row per session of the study (the first, then each resume), when there was more
+    than one: the provenance table above shows the first session's."""
+    sessions = study.sessions
+    if len(sessions) < 2:
+        return None
+    rows = []
+    for i, s in enumerate(sessions, 1):
+        prov = s.get("provenance") or {}
+        device = "; ".join(s.get("devices") or []) or str(prov.get("device") or "–")
+        jobs = f"{s.get('jobs', 0)} of {s.get('todo', '?')}"
+        rows.append([str(i), str(s.get("started") or "–"), _duration(s.get("duration_s")), jobs,
+                     str(s.get("status") or "–"), str(prov.get("skiplab", "–")),
+                     str(prov.get("git_commit") or "–")[:12], device])  # fmt: skip
+    return Table(
+        ["session", "started", "duration", "jobs done", "ended", "skiplab", "git commit", "device"],
+        rows,
+        "Each time the study was run or resumed (ended 'running': the process was killed).",
+    )
+
+
 def render_html(context: dict[str, Any]) -> str:
     study = context["study"]
     template = _environment().get_template("report.html.j2")
@@ -41,6 +68,7 @@ def render_html(context: dict[str, Any]) -> str:
         description=str(study.spec.get("description") or ""),
         reproduces=str(study.spec.get("reproduces") or ""),
         provenance=provenance_table(study),
+        sessions=sessions_table(study),
         spec_text=_spec_text(study.spec),
     )
 
@@ -97,6 +125,9 @@ def render_markdown(context: dict[str, Any]) -> str:
         md_table(provenance_table(study)),
         "",
     ]
+    sessions = sessions_table(study)
+    if sessions:
+        out += [md_table(sessions), ""]
     out += ["<details><summary>Study spec</summary>", "", "```yaml", _spec_text(spec).rstrip(), "```", "",
             "</details>", ""]  # fmt: skip
     out.append(f"Generated {context['generated']} by skiplab.")

@@ -7,12 +7,14 @@ Failed or diverged runs are recorded and do not stop the study.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import shutil
 import signal
+import sqlite3
 import threading
 import time
 import traceback
@@ -20,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from datetime import datetime
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -208,25 +211,33 @@ def _death(pool: ProcessPoolExecutor) -> str:
 
 
 class LocalExecutor:
-    """Runs jobs in this process (workers=1) or in a pool of worker processes.
+    """Runs jobs in a pool of ``workers`` worker processes, or in this process (``workers=0``).
 
     A worker process that dies (killed, out of memory, a crash in native code) breaks the
     whole pool and every job in flight with it: those jobs then run again one at a time,
     each in a process of its own (so a job that kills its worker takes no other job with
     it), at most ``retries`` more times before it is recorded as failed; then the other
-    jobs go on in a fresh pool. Every attempt is started (``on_start``), so the store
-    counts attempts. Interrupted (Ctrl-C), the driver kills its workers and re-raises;
-    killed, its workers exit on their own.
+    jobs go on in a fresh pool. This holds for one worker too: ``workers=1`` runs the jobs
+    one after another in one worker process. Every attempt is started (``on_start``), so
+    the store counts attempts. Interrupted (Ctrl-C), the driver kills its workers and
+    re-raises; killed, its workers exit on their own.
+
+    ``workers=0`` runs the jobs in this process: no process to start (seconds per pool),
+    but a job that kills its process (segfault, out of memory) ends the caller with it.
     """
 
     runs_here = True  # runs execute on this machine: its device must exist here
 
-    def __init__(self, workers: int = 1, retries: int = 1) -> None:
+    def __init__(self, workers: int = 0, retries: int = 1) -> None:
+        if workers < 0:
+            raise ValueError(
+                f"invalid workers={workers}: 0 (in this process) or a number of worker processes"
+            )
         self.workers, self.retries = workers, retries
 
     def map(self, jobs: list[Job], fn: Callable[[Job], dict[str, Any]], on_start: Callable[[Job], None],
             on_done: Callable[[Job, dict[str, Any]], None]) -> None:  # fmt: skip
-        if self.workers <= 1:
+        if self.workers == 0:
             for job in jobs:
                 on_start(job)
                 on_done(job, fn(job))
@@ -353,7 +364,7 @@ def run_study(
     spec: StudySpec,
     out_dir: str | Path,
     *,
-    workers: int = 1,
+    workers: int = 0,
     device: str = "auto",
     data_dir: str | Path | None = None,
     executor: Any = None,
@@ -362,7 +373,18 @@ def run_study(
 ) -> Store:
     """Execute every unfinished run and experiment of ``spec`` into ``out_dir``, then write
     ``results.json`` and the report. Returns the (open) store. A device the runs cannot use
-    is a ``ValueError`` before anything is written."""
+    is a ``ValueError`` before anything is written.
+
+    ``workers`` (without ``executor``): 0, the default, runs the jobs in this process, with
+    no worker to start (seconds), but a run that kills the process (a crash in native code,
+    the out-of-memory killer) ends the study, and a resume meets that run again. N >= 1 runs
+    them in N worker processes (``skiplab study`` always does): a run that kills its worker
+    is retried once in a process of its own, then recorded as failed with the cause, and
+    the study goes on.
+
+    Each session (the first, and every resume) is recorded in ``store.sessions()`` and
+    ``results.json``: its start, duration, jobs done and provenance. The ``provenance``
+    meta is the first session's."""
     from ..provenance import provenance
 
     ex = executor or LocalExecutor(workers)
@@ -396,20 +418,29 @@ def run_study(
             )
         store.set_meta("spec", _spec_json(spec))
         store.set_meta("source", spec.source)
-        store.set_meta("provenance", provenance(device if device != "auto" else None))
+        prov = provenance(device if device != "auto" else None)
+        if store.meta("provenance") is None:  # the first session's; each one's in "sessions"
+            store.set_meta("provenance", prov)
         for j in jobs:
             store.add_run(j.job_id, j.kind, j.record)
         todo = [j for j in jobs if store.status(j.job_id) != "finished"]
         log.info("%s: %d of %d runs to do", spec.name, len(todo), len(jobs))
-        bar = _bar(progress, len(jobs), len(jobs) - len(todo))
         t0 = time.time()
+        session = store.add_session({
+            "started": datetime.now().astimezone().isoformat(timespec="seconds"), "duration_s": 0.0,
+            "jobs": 0, "todo": len(todo), "status": "running", "executor": type(ex).__name__,
+            "workers": getattr(ex, "workers", None), "provenance": prov, "devices": [],
+        })  # fmt: skip
+        session_devices: list[str] = []  # what this session's jobs ran on
+        bar = _bar(progress, len(jobs), len(jobs) - len(todo))
 
         def on_start(job: Job) -> None:
             store.start(job.job_id)
             if bar:
                 bar[0].update(bar[1], description=job.job_id)
 
-        finished = [len(jobs) - len(todo)]
+        done_before = len(jobs) - len(todo)
+        finished = [done_before]
         devices: list[str] = list(store.meta("devices", []) or [])  # what jobs ran on so far
 
         def on_done(job: Job, out: dict[str, Any]) -> None:
@@ -427,6 +458,10 @@ def run_study(
             if used and used not in devices:
                 devices.append(used)
                 store.set_meta("devices", devices)
+            if used and used not in session_devices:
+                session_devices.append(used)
+            store.update_session(session, duration_s=time.time() - t0, jobs=finished[0] - done_before,
+                                 devices=session_devices)  # fmt: skip
             # one line per job for logs (the bar is for terminals)
             log.info("[%d/%d] %s %s in %.1f s", finished[0], len(jobs), job.job_id, status,
                      out.get("duration_s") or 0.0)  # fmt: skip
@@ -440,15 +475,22 @@ def run_study(
         # directory of its own
         study_dir = str(out_dir.absolute())
         data = str(Path(data_dir).expanduser().absolute()) if data_dir else None
+        ended = "failed"
         try:
             ex.map(todo, _JobFn(study_dir, device, data, threads), on_start, on_done)
+            ended = "finished"
         except KeyboardInterrupt:
+            ended = "interrupted"
             log.warning("interrupted: %d of %d runs done; the same command resumes the study",
                         finished[0], len(jobs))  # fmt: skip
             raise
         finally:
             if bar:
                 bar[0].stop()
+            # bookkeeping: must not hide the error that ends the session (a store that cannot
+            # be written fails here too)
+            with contextlib.suppress(sqlite3.Error):
+                store.update_session(session, duration_s=time.time() - t0, status=ended)
         store.set_meta("last_session_s", time.time() - t0)
         write_results_json(store, out_dir)
         if report:
@@ -511,10 +553,9 @@ def write_results_json(store: Store, out_dir: Path) -> None:
             f"{x['phase']}:{x['kind']}": x["summary"] for x in results.get(r["id"], [])
         }
         runs.append(entry)
-    atomic_write_text(
-        out_dir / "results.json",
-        json.dumps({"study": store.meta("spec", {}).get("name"), "runs": runs}, indent=2),
-    )
+    doc = {"study": store.meta("spec", {}).get("name"), "runs": runs,
+           "provenance": store.meta("provenance"), "sessions": store.sessions()}  # fmt: skip
+    atomic_write_text(out_dir / "results.json", json.dumps(doc, indent=2))
 
 
 def _bar(enabled: bool, total: int, done: int) -> Any:

@@ -136,6 +136,33 @@ class Store:
         row = self.db.execute("SELECT value FROM study WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
 
+    # ------------------------------------------------------------------ sessions
+    def sessions(self) -> list[dict[str, Any]]:
+        """One entry per time the study was driven (started, then each resume), oldest first:
+        ``started`` (ISO 8601), ``duration_s``, ``jobs`` (runs and experiments done in it),
+        ``status`` (``running`` until it ends: a killed session keeps it) and ``provenance``."""
+        return list(self.meta("sessions", []) or [])
+
+    def add_session(self, session: dict[str, Any]) -> int:
+        """Record the start of a session; returns its index for ``update_session``."""
+        with self.transaction() as db:
+            row = db.execute("SELECT value FROM study WHERE key = 'sessions'").fetchone()
+            sessions = (json.loads(row[0]) if row else None) or []
+            sessions.append(session)
+            db.execute(
+                "INSERT OR REPLACE INTO study VALUES ('sessions', ?)", (json.dumps(sessions),)
+            )
+        return len(sessions) - 1
+
+    def update_session(self, index: int, **fields: Any) -> None:
+        with self.transaction() as db:
+            row = db.execute("SELECT value FROM study WHERE key = 'sessions'").fetchone()
+            sessions = json.loads(row[0])
+            sessions[index].update(fields)
+            db.execute(
+                "INSERT OR REPLACE INTO study VALUES ('sessions', ?)", (json.dumps(sessions),)
+            )
+
     # ------------------------------------------------------------------ runs
     def add_run(self, run_id: str, kind: str, spec: dict[str, Any]) -> None:
         with self.transaction() as db:
