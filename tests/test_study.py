@@ -583,6 +583,20 @@ def test_different_spec_message_names_the_first_difference(tmp_path: Path) -> No
         run_study(parse_spec(other), tmp_path / "s")
 
 
+def test_first_difference_names_keys_one_side_lacks() -> None:
+    from skiplab.study.runner import _first_difference
+
+    old = {"name": "s", "groups": [{"models": ["a"]}], "gone": 1}
+    assert _first_difference(old, {**old, "groups": [{"models": ["b"]}]}) == (
+        'groups[0].models[0]: "a" there, "b" here'
+    )
+    assert _first_difference(old, {"name": "s", "groups": old["groups"]}) == (
+        "gone: in the folder's spec, not in this one"
+    )
+    assert _first_difference(old, {**old, "new": 2}) == "new: in this spec, not in the folder's"
+    assert _first_difference([1], [1, 2]) == "spec: [1] there, [1, 2] here"
+
+
 def test_paths_analysis_options_reach_the_analysis() -> None:
     """``analysis_options.paths`` (until, blocks) was accepted and then ignored."""
     import torch

@@ -500,22 +500,17 @@ def run_study(
         return store
 
 
-def _first_difference(old: Any, new: Any, path: str = "") -> str:
+def _first_difference(old: Any, new: Any) -> str:
     """Where two specs (as JSON) first differ, e.g. ``recipe.epochs: 1 there, 2 here``."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in list(old) + [k for k in new if k not in old]:
-            where = f"{path}.{key}" if path else str(key)
-            if key not in new:
-                return f"{where}: in the folder's spec, not in this one"
-            if key not in old:
-                return f"{where}: in this spec, not in the folder's"
-            if old[key] != new[key]:
-                return _first_difference(old[key], new[key], where)
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        for i, (a, b) in enumerate(zip(old, new, strict=True)):
-            if a != b:
-                return _first_difference(a, b, f"{path}[{i}]")
-    return f"{path or 'spec'}: {json.dumps(old)[:60]} there, {json.dumps(new)[:60]} here"
+    from ..io import MISSING, differences
+
+    where, a, b = next(differences(old, new), ("", old, new))
+    where = where or "spec"
+    if b is MISSING:
+        return f"{where}: in the folder's spec, not in this one"
+    if a is MISSING:
+        return f"{where}: in this spec, not in the folder's"
+    return f"{where}: {json.dumps(a)[:60]} there, {json.dumps(b)[:60]} here"
 
 
 def _spec_json(spec: StudySpec) -> dict[str, Any]:
