@@ -301,7 +301,8 @@ def test_preact_projection_reads_preactivated_input() -> None:
         ({"shortcut": "exclusive-gating", "gate_bias": 30.0}, lambda x, b: torch.relu(b)),
         ({"shortcut": "shortcut-only-gating", "gate_bias": 30.0}, lambda x, b: torch.relu(b)),
         ({"shortcut": "shortcut-only-gating", "gate_bias": -30.0}, lambda x, b: torch.relu(x + b)),
-        ({"shortcut": "dropout"}, lambda x, b: torch.relu(x + b)),  # eval: dropout is identity
+        # eval: the expectation of the dropout mask (He et al. 2016: "an expectation of 0.5")
+        ({"shortcut": "dropout"}, lambda x, b: torch.relu(0.5 * x + b)),
         ({"shortcut": "none"}, lambda x, b: torch.relu(b)),
     ],
 )
@@ -326,8 +327,14 @@ def test_dropout_shortcut_drops_in_training() -> None:
     _silence_branch(unit)
     x = torch.ones(4, 16, 8, 8)
     y = unit(x)
-    assert set(torch.unique(y).tolist()) <= {0.0, 2.0}  # inverted dropout, p = 0.5
+    assert set(torch.unique(y).tolist()) == {0.0, 1.0}  # a mask, kept values not rescaled
     assert 0.3 < (y == 0).float().mean() < 0.7
+    unit = skiplab.create_model("resnet-8", shortcut="dropout", shortcut_dropout=0.2).stages[0][0]
+    _silence_branch(unit)
+    unit.train()
+    assert 0.7 < unit(x).mean().item() < 0.9  # expectation 1 - p
+    unit.eval()
+    torch.testing.assert_close(unit(x), torch.full_like(x, 0.8))
 
 
 def test_conv1x1_and_all_projection_shortcuts_everywhere() -> None:
@@ -437,6 +444,15 @@ def test_fixup_scalar_biases_and_multiplier_where_the_paper_puts_them() -> None:
     bottleneck = skiplab.create_model("resnet-11", block="bottleneck", init="fixup", norm="none")
     kinds = [type(m).__name__ for m in bottleneck.stages[0][0].branch]
     assert kinds.count("ScalarBias") == 6 and kinds.count("Scale") == 1
+    # A downsampling shortcut reads x + the branch's first bias, as its first conv does
+    # (Zhang et al.'s code); an identity shortcut carries x.
+    down, same = model.stages[1][0], model.stages[1][1]
+    assert down.shortcut_bias is down.branch.bias1 and same.shortcut_bias is None
+    with torch.no_grad():
+        down.branch.bias1.bias.fill_(0.5)
+    h = torch.randn(2, 16, 8, 8)
+    torch.testing.assert_close(down.shortcut_path(h), down.shortcut(h + 0.5))
+    torch.testing.assert_close(down(h), down.combine(down.shortcut_path(h), down.branch_path(h), h))
 
 
 def test_mlp_family() -> None:
@@ -449,6 +465,24 @@ def test_mlp_family() -> None:
     assert model(torch.linspace(-2, 2, 7).unsqueeze(1)).shape == (7, 1)
     with pytest.raises(ValueError, match="2n\\+2"):
         skiplab.create_model("mlp-5")
+
+
+def test_unet_init_is_ronnebergers_fan_in() -> None:
+    """Ronneberger et al. 2015: std sqrt(2 / N), N the incoming nodes of one neuron (3x3 on
+    C channels: 9C; a 2x2 stride-2 up-conv: its input channels); ResNets keep He et al.'s
+    fan-out (k*k*out)."""
+    torch.manual_seed(0)
+    unet = skiplab.create_model("unet", base_width=16)
+    for conv, n in (
+        (unet.encoder[0].conv1, 9 * 1),  # 1 -> 16 channels
+        (unet.encoder[1].conv1, 9 * 16),  # 16 -> 32: fan-out would be 9 * 32
+        (unet.up[0], 32),  # ConvTranspose2d(32, 16, 2, 2)
+        (unet.up[3], 256),
+    ):
+        assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / n), rel=0.1)
+    resnet = skiplab.create_model("resnet-20")
+    conv = resnet.stages[1][0].branch.conv1  # 16 -> 32, 3x3
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (9 * 32)), rel=0.1)
 
 
 def test_unet_skips_and_blocks() -> None:

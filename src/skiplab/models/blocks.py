@@ -233,7 +233,11 @@ class ResidualUnit(nn.Module):
             if shortcut == "scaling":
                 tail: nn.Module | None = Scale(0.5 if shortcut_scale is None else shortcut_scale)
             elif shortcut == "dropout":
-                tail = nn.Dropout(0.5 if shortcut_dropout is None else shortcut_dropout)
+                # He et al. 2016 (Sec. 3.1): a scale "with an expectation of 0.5" on the
+                # shortcut, so kept values are not rescaled by 1/(1-p) as in inverted
+                # dropout: mask * x in training, (1 - p) * x in eval.
+                p = 0.5 if shortcut_dropout is None else shortcut_dropout
+                tail = nn.Sequential(OrderedDict(drop=nn.Dropout(p), expect=Scale(1.0 - p)))
             else:  # gating: the gate multiplies the shortcut; see forward
                 tail = None
                 self.gate = Gate(
@@ -247,6 +251,14 @@ class ResidualUnit(nn.Module):
         # pre-activated input in pre-activation units.
         has_weights = self.shortcut is not None and any(True for _ in self.shortcut.parameters())
         self.shortcut_reads_preact = preact and has_weights
+        # Fixup: a shortcut that does anything (downsampling, a projection) reads the input
+        # plus the branch's first scalar bias, like the branch's first conv (Zhang et al.'s
+        # code: downsample(x + bias1a)); an identity shortcut carries x itself.
+        self.shortcut_bias: nn.Module | None = (
+            self.branch.bias1
+            if fixup and self.shortcut is not None and not isinstance(self.shortcut, nn.Identity)
+            else None
+        )
 
         post: list[tuple[str, nn.Module]] = []
         if placement == "bn-after-add" and norm_layer is not None:
@@ -269,9 +281,13 @@ class ResidualUnit(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xp = self.preact(x)
         branch = self._scaled_branch(xp)
-        s_in = xp if self.shortcut_reads_preact else x
+        s_in = self._shortcut_input(x, xp)
         shortcut = None if self.shortcut is None else self.shortcut(s_in)
         return self._combine(shortcut, branch, s_in)
+
+    def _shortcut_input(self, x: torch.Tensor, xp: torch.Tensor) -> torch.Tensor:
+        s_in = xp if self.shortcut_reads_preact else x
+        return s_in if self.shortcut_bias is None else self.shortcut_bias(s_in)
 
     def _scaled_branch(self, xp: torch.Tensor) -> torch.Tensor:
         branch = self.branch(xp)
@@ -296,7 +312,7 @@ class ResidualUnit(nn.Module):
         """The skip path's output (a zero for a plain unit)."""
         if self.shortcut is None:
             return torch.zeros((), dtype=x.dtype, device=x.device)
-        return self.shortcut(self.preact(x) if self.shortcut_reads_preact else x)
+        return self.shortcut(self._shortcut_input(x, self.preact(x)))
 
     def branch_path(self, x: torch.Tensor) -> torch.Tensor:
         """The residual branch's output, pre-activation and branch scale included."""
@@ -306,7 +322,7 @@ class ResidualUnit(nn.Module):
         self, shortcut: torch.Tensor, branch: torch.Tensor, x: torch.Tensor
     ) -> torch.Tensor:
         """What the unit does with its two paths (``x``, the unit input, feeds gates)."""
-        s_in = self.preact(x) if self.gate is not None and self.shortcut_reads_preact else x
+        s_in = self._shortcut_input(x, self.preact(x)) if self.gate is not None else x
         return self._combine(shortcut, branch, s_in)
 
     # Blocks own their init quirks (STYLE 5).

@@ -11,6 +11,7 @@ Builders differ only in data (a table of depths), never in code (STYLE 2).
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -130,12 +131,30 @@ def fixup_bias(init: str) -> list:
     return [("bias", ScalarBias())] if init == "fixup" else []
 
 
-def init_weights(model: nn.Module, init: str, classifier: nn.Module | None) -> None:
-    """He init for weight layers (fan-out for convs, as torchvision), norms at 1/0, then the
-    chosen init's quirks, applied by the units themselves."""
+def incoming(conv: nn.Conv2d | nn.ConvTranspose2d) -> int:
+    """Inputs of one output unit of ``conv`` (Ronneberger et al.'s N): input channels
+    (per group) times the kernel taps that reach one output, k*k for a conv, (k/s)^2 for a
+    transposed conv (4 taps of a 2x2 stride-2 up-conv reach 4 different outputs)."""
+    taps = math.prod(
+        max(1, k // s) if isinstance(conv, nn.ConvTranspose2d) else k
+        for k, s in zip(conv.kernel_size, conv.stride, strict=True)
+    )
+    return conv.in_channels // conv.groups * taps
+
+
+def init_weights(
+    model: nn.Module, init: str, classifier: nn.Module | None, conv_fan: str = "fan_out"
+) -> None:
+    """He init for weight layers, norms at 1/0, then the chosen init's quirks, applied by
+    the units themselves. Convs: ``"fan_out"``, std sqrt(2 / (k*k*out)) as in He et al.'s
+    code and torchvision; ``"fan_in"``, std sqrt(2 / N) with N the inputs of one output
+    unit (``incoming``; Ronneberger et al. 2015)."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if conv_fan == "fan_in":
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / incoming(m)))
+            else:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear) and m is not classifier:

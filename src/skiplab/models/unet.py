@@ -119,7 +119,9 @@ class UNet(nn.Module):
         self.example_input_shape = (
             (in_channels, 572, 572) if padding == "valid" else (in_channels, 128, 128)
         )
-        init_weights(self, "he", classifier=None)
+        # Ronneberger et al. 2015: Gaussian weights of std sqrt(2 / N), N the incoming
+        # nodes of one neuron (a 3x3 conv on 64 channels: N = 576).
+        init_weights(self, "he", classifier=None, conv_fan="fan_in")
 
     def check_input(self, x: Tensor) -> None:
         if x.dim() != 4:
