@@ -194,3 +194,20 @@ def test_gradient_analyses_name_labels_out_of_range(analysis: str) -> None:
     with pytest.raises(ValueError, match=rf"{analysis}: .*largest label is 7.* 5 outputs"):
         fn(model, x, torch.tensor([0, 1, 7, 2]))
     assert fn(model, x, torch.tensor([0, 1, 4, 2])) is not None  # in range: runs
+
+
+def test_lesion_in_chunks_gives_the_same_metrics() -> None:
+    """``batch_size`` splits (x, y) tensors into chunks: the same accuracy and loss (each
+    sample weighted once), only less memory at a time."""
+    torch.manual_seed(0)
+    model = skiplab.create_model("resnet-8", width=0.25).eval()
+    x, y = torch.randn(10, 3, 8, 8), torch.randint(0, 10, (10,))
+    for metric in ("accuracy", "loss"):
+        whole = lesion(model, (x, y), metric=metric, k_values=[1], draws=2)
+        parts = lesion(model, (x, y), metric=metric, k_values=[1], draws=2, batch_size=3)
+        assert parts.baseline == pytest.approx(whole.baseline, rel=1e-6)
+        assert [r["metric"] for r in parts.single] == pytest.approx(
+            [r["metric"] for r in whole.single], rel=1e-6
+        )
+    with pytest.raises(ValueError, match="batch_size"):
+        lesion(model, (x, y), batch_size=0)

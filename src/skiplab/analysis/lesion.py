@@ -195,6 +195,7 @@ def lesion(
     draws: int = 10,
     seed: int = 0,
     swaps: bool = True,
+    batch_size: int | None = None,
 ) -> Lesion:
     """Delete residual branches (keeping shortcuts) and swap neighbouring units; measure the
     metric each time (Veit et al. 2016, Figs. 3-5).
@@ -213,6 +214,8 @@ def lesion(
             (a private generator).
         swaps: also exchange each pair of neighbouring units whose input and output shapes
             all agree.
+        batch_size: forward passes over ``(x, y)`` tensors in chunks of this many samples
+            (default: all at once), for a test set too large for the device at once.
     """
     if metric not in METRICS:
         raise ValueError(f"invalid metric={metric!r}; allowed: {', '.join(map(repr, METRICS))}")
@@ -227,7 +230,9 @@ def lesion(
     bad_k = [k for k in k_values if not isinstance(k, int) or not 1 <= k <= num]
     if bad_k:
         raise ValueError(f"invalid k_values {bad_k}: each k must be an int in 1..{num} (units)")
-    batches = xy_batches(data, reiterable=True)
+    if batch_size is not None:
+        check_positive_int("batch_size", batch_size)
+    batches = xy_batches(data, batch_size, reiterable=True)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     rng = random.Random(seed)
 

@@ -129,7 +129,8 @@ def execute_run(
         log.warning("run %s failed: %s", run.run_id, err)
         tb = traceback.format_exc(limit=3)
         return {"status": "failed", "metrics": {}, "history": [], "results": results,
-                "error": f"{type(err).__name__}: {err}\n{tb}", "duration_s": time.perf_counter() - t0}  # fmt: skip
+                "error": f"{type(err).__name__}: {err}\n{tb}", "duration_s": time.perf_counter() - t0,
+                "device": device_used(device)}  # fmt: skip
 
 
 def execute_experiment(record: dict[str, Any], device: str) -> dict[str, Any]:
@@ -144,7 +145,8 @@ def execute_experiment(record: dict[str, Any], device: str) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001
         log.warning("experiment %s failed: %s", exp.name, err)
         return {"status": "failed", "metrics": {}, "history": [], "results": [],
-                "error": f"{type(err).__name__}: {err}", "duration_s": time.perf_counter() - t0}  # fmt: skip
+                "error": f"{type(err).__name__}: {err}", "duration_s": time.perf_counter() - t0,
+                "device": device_used(device)}  # fmt: skip
 
 
 @dataclass
