@@ -157,3 +157,22 @@ def test_nets_with_the_wrong_number_of_inputs_or_outputs_are_refused():
         )
     with pytest.raises(ValueError, match=r"in3 at depth 4: .*\[32, 1\].*one input feature"):
         shattered_gradients({"in3": lambda _d: nn.Linear(3, 1)}, [4], inits=1, **SMALL)
+
+
+def test_experiments_leave_the_cuda_generators_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Models are seeded through the CPU generator only, which fork_rng restores;
+    torch.manual_seed would also reseed every CUDA generator, which fork_rng(devices=[])
+    does not restore (the global RNG must be left untouched)."""
+    import torch
+
+    from skiplab.analysis import identity_task
+
+    def reseeded(seed: int) -> None:
+        raise AssertionError("a CUDA generator was reseeded")
+
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded)
+    monkeypatch.setattr(torch.cuda, "manual_seed", reseeded)
+    before = torch.random.get_rng_state()
+    shattered_gradients(["resmlp"], [4], inits=2, width=8, points=16, max_lag=2)
+    identity_task(["resmlp"], [4], steps=2, dim=4, tasks=["identity"], eval_points=8, log_every=1)
+    assert torch.equal(torch.random.get_rng_state(), before)

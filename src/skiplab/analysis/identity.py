@@ -346,8 +346,10 @@ def _train_one(
     device: str | torch.device,
 ) -> IdentityRun:
     dim = a.shape[0]
-    with torch.random.fork_rng(devices=[]):  # the caller's RNG is left untouched
-        torch.manual_seed(seed)
+    # Built on the CPU from its generator alone, which fork_rng restores: the caller's RNG,
+    # CUDA generators included (torch.manual_seed would reseed those), is left untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
         model = build(spec, depth, **defaults).to(device)
     data = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)

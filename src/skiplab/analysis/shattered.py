@@ -451,8 +451,8 @@ def shattered_gradients(
         for depth in depths:
             grads = []
             for i in range(inits):
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed + i)
+                with torch.random.fork_rng(devices=[]):  # CPU only: see identity._train_one
+                    torch.default_generator.manual_seed(seed + i)
                     model = build(spec, depth, **defaults).to(device)
                 try:
                     grads.append(input_gradient(model, x).cpu().double().numpy())
