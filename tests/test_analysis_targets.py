@@ -211,3 +211,13 @@ def test_lesion_in_chunks_gives_the_same_metrics() -> None:
         )
     with pytest.raises(ValueError, match="batch_size"):
         lesion(model, (x, y), batch_size=0)
+
+
+def test_lesion_loss_of_a_bf16_model_is_taken_in_float32() -> None:
+    torch.manual_seed(0)
+    model = skiplab.create_model("resnet-8", width=0.25).to(torch.bfloat16).eval()
+    x, y = torch.randn(16, 3, 8, 8, dtype=torch.bfloat16), torch.randint(0, 10, (16,))
+    res = lesion(model, (x, y), metric="loss", k_values=[1], draws=1, swaps=False)
+    with torch.no_grad():
+        want = F.cross_entropy(model(x).float(), y).item()
+    assert res.baseline == pytest.approx(want, rel=1e-6)

@@ -176,3 +176,14 @@ def test_experiments_leave_the_cuda_generators_alone(monkeypatch: pytest.MonkeyP
     shattered_gradients(["resmlp"], [4], inits=2, width=8, points=16, max_lag=2)
     identity_task(["resmlp"], [4], steps=2, dim=4, tasks=["identity"], eval_points=8, log_every=1)
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_a_family_that_is_not_an_mlp_names_the_mlp_families() -> None:
+    from skiplab.analysis import identity_task
+
+    for experiment in (shattered_gradients, identity_task):
+        with pytest.raises(ValueError, match=r"invalid model 'resnet' here .*'preact-resmlp'"):
+            experiment(["resnet"], [20])
+    with pytest.raises(ValueError, match=r"mlp-3: invalid depth=3") as err:
+        shattered_gradients(["mlp"], [3])  # an MLP family's own message, unchanged
+    assert "callable" not in str(err.value)

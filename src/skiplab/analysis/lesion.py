@@ -54,7 +54,7 @@ def _evaluate(
             if metric == "accuracy":
                 total += (out.argmax(1) == y).sum()
             else:
-                total += default_loss(out, y).double() * y.numel()
+                total += default_loss(out.float(), y).double() * y.numel()  # bf16 logits too
             count += y.numel()
     if count == 0:
         raise ValueError("lesion got no data: pass (x, y) tensors or an iterable of batches")

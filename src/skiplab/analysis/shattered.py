@@ -44,6 +44,8 @@ from .result import Result, new_axes
 
 log = logging.getLogger(__name__)
 
+MLP_FAMILIES = ("mlp", "resmlp", "preact-resmlp")  # registry families built as ``NAME-depth``
+
 ModelSpec = str | tuple[str, Mapping[str, Any]] | Callable[[int], nn.Module]
 
 # A signal whose variance is below this fraction of its mean square is constant (is_constant).
@@ -319,10 +321,20 @@ def _spec_label(spec: ModelSpec) -> str:
 def build(spec: ModelSpec, depth: int, **defaults: Any) -> nn.Module:
     """A model from a registry family name (``"resmlp"`` -> ``resmlp-{depth}``), a
     ``(name, options)`` pair (options override ``defaults``) or a callable ``depth -> module``."""
-    if isinstance(spec, str):
-        return create_model(f"{spec}-{depth}", **defaults)
-    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
-        return create_model(f"{spec[0]}-{depth}", **{**defaults, **dict(spec[1])})
+    named = isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str)
+    if isinstance(spec, str) or named:
+        family, options = (spec, {}) if isinstance(spec, str) else (spec[0], dict(spec[1]))
+        try:
+            return create_model(f"{family}-{depth}", **{**defaults, **options})
+        except ValueError as err:
+            if family in MLP_FAMILIES:
+                raise
+            why = str(err).split(";")[0]
+            raise ValueError(
+                f"invalid model {family!r} here ({why}): these experiments build MLPs of each "
+                "depth; give the family 'mlp', 'resmlp' or 'preact-resmlp', or a callable "
+                "depth -> nn.Module"
+            ) from None
     if callable(spec) and not isinstance(spec, nn.Module):
         model = spec(depth)
         if not isinstance(model, nn.Module):
