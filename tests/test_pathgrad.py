@@ -486,3 +486,20 @@ def test_linear_chain_vjp_equals_autograd(chain) -> None:
     recorded = _LinearChain(modules, x, masks)
     assert recorded.out is None
     torch.testing.assert_close(recorded(cot), want, rtol=1e-10, atol=1e-12)
+
+
+def test_pathgrad_summary_names_its_shares() -> None:
+    """The summary says what its shares are (of the summed part norms, or Veit et al.'s
+    total gradient magnitude, Fig. 6c), not "the gradient magnitude"."""
+    torch.manual_seed(0)
+    model = skiplab.create_model("resnet-8", width=0.25).double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    y = torch.tensor([1, 2])
+    exact = path_gradients(model, x, y, samples=0)
+    # The parts cancel: their norms sum to more than the gradient's norm, so norm_share is
+    # a share of the summed part norms, not of the gradient magnitude.
+    assert sum(exact.norms) > exact.grad_norm * (1 + 1e-6)
+    text = exact.summary()
+    assert "90% of the summed part norms" in text and "of the gradient magnitude" not in text
+    sampled = path_gradients(model, x, y, samples=1).summary()
+    assert "90% of the total gradient magnitude" in sampled and "Fig. 6c" in sampled
