@@ -56,7 +56,8 @@ def xy_batches(
     return list(_pairs(data)) if reiterable else _pairs(data)
 
 
-_LABEL_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+# The dtypes of integer class labels: cross-entropy targets, checked against the outputs.
+LABEL_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
 def check_class_targets(out: Any, targets: Sequence[Tensor], analysis: str) -> None:
@@ -72,7 +73,7 @@ def check_class_targets(out: Any, targets: Sequence[Tensor], analysis: str) -> N
         y
         for y in targets
         if isinstance(y, Tensor)
-        and y.dtype in _LABEL_DTYPES
+        and y.dtype in LABEL_DTYPES
         and y.numel()
         and y.shape[1:] == out.shape[2:]
     ]

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..io import one_line
 from ..models.blocks import ResidualUnit
 
 log = logging.getLogger(__name__)
@@ -297,8 +298,6 @@ def fit_problem(
 
     Without ``exact`` an output that is not a tensor of that rank passes: an analysis with
     a loss function of its own may read it."""
-    from ..io import one_line
-
     was_training = model.training
     model.eval()
     try:

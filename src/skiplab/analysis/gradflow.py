@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .batches import check_class_targets
+from .batches import LABEL_DTYPES, check_class_targets
 from .blocks import UnitView, find_units, run_model, torchvision_unit_types
 from .result import Result, new_axes
 
@@ -42,7 +42,7 @@ def default_loss(output: Tensor, target: Tensor) -> Tensor:
             f"the model returned {type(output).__name__}, not a tensor; pass loss_fn=... "
             "that takes (output, target) and returns a scalar"
         )
-    if target.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
+    if target.dtype in LABEL_DTYPES:
         if output.dim() < 2 or target.shape != output.shape[:1] + output.shape[2:]:
             raise ValueError(
                 f"integer target of shape {tuple(target.shape)} does not fit logits of shape "
