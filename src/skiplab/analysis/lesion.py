@@ -54,7 +54,8 @@ def _evaluate(
             if metric == "accuracy":
                 total += (out.argmax(1) == y).sum()
             else:
-                total += default_loss(out.float(), y).double() * y.numel()  # bf16 logits too
+                low = out.dtype in (torch.float16, torch.bfloat16)  # float32 at least
+                total += default_loss(out.float() if low else out, y).double() * y.numel()
             count += y.numel()
     if count == 0:
         raise ValueError("lesion got no data: pass (x, y) tensors or an iterable of batches")
