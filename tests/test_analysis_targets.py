@@ -114,15 +114,20 @@ def test_segmentation_labels_are_checked_per_pixel() -> None:
     assert r.center_accuracy is not None
 
 
-def test_a_custom_loss_or_float_targets_are_not_checked() -> None:
+def test_a_custom_loss_or_float_targets_are_not_checked(caplog: pytest.LogCaptureFixture) -> None:
     model = five_classes()
     # The user's loss decides what its targets mean (here: one regression target per class).
     r = loss_landscape(model, (X, torch.randn(6, 5)), steps=3)
     assert r.center_accuracy is None
-    r = loss_landscape(
-        model, (X, TOO_LARGE), steps=3, loss_fn=lambda out, y: (out.sum(1) - y).pow(2).mean()
-    )
+    loss = lambda out, y: (out.sum(1) - y).pow(2).mean()  # noqa: E731
+    with caplog.at_level("WARNING", logger="skiplab.analysis.landscape"):
+        r = loss_landscape(model, (X, TOO_LARGE), steps=3, loss_fn=loss)
     assert r.center_loss > 0
+    # ...but labels beyond the outputs are no classes: no accuracy, and a warning says why.
+    assert r.center_accuracy is None and r.accuracy is None
+    assert "largest label" in caplog.text and "no accuracy" in caplog.text
+    r = loss_landscape(model, (X, IN_RANGE), steps=3, loss_fn=loss)
+    assert r.center_accuracy is not None  # labels in range: counted as ever
 
 
 def test_lesion_checks_the_output_once_per_lesion(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -522,21 +522,27 @@ Totals = tuple[Tensor, Tensor, int, int, bool, dict[str, Any]]
 
 def _checked_targets(
     model: nn.Module, chunks: Iterable[tuple[Tensor, Tensor]], device: torch.device
-) -> Iterable[tuple[Tensor, Tensor]]:
-    """``chunks``, once integer class targets have been checked against the model's
-    number of outputs (``check_class_targets``), before any grid point: all the targets
-    of ``(x, y)`` tensors, else those of the first batch (the data is read only once)."""
+) -> tuple[Iterable[tuple[Tensor, Tensor]], str | None]:
+    """``chunks`` (the same data, none of it lost) and what is wrong with their integer
+    class targets for the model's number of outputs (``check_class_targets``), or None:
+    all the targets of ``(x, y)`` tensors are checked, else those of the first batch (the
+    data is read only once). Before any grid point."""
     it = iter(chunks)
     first = next(it, None)
     if first is None:
-        return chunks
+        return chunks, None
+    rest = chunks if isinstance(chunks, list) else itertools.chain([first], it)
     x, y = first
-    if not y.is_floating_point():
-        with module_mode(model, False), torch.no_grad():
-            out = run_model(model, x[:2].to(device))
-        ys = [t for _, t in chunks] if isinstance(chunks, list) else [y]
-        check_class_targets(out, ys, "loss_landscape")
-    return chunks if isinstance(chunks, list) else itertools.chain([first], it)
+    if y.is_floating_point():
+        return rest, None
+    with module_mode(model, False), torch.no_grad():
+        out = run_model(model, x[:2].to(device))
+    try:
+        check_class_targets(out, [t for _, t in chunks] if isinstance(chunks, list) else [y],
+                            "loss_landscape")  # fmt: skip
+    except ValueError as err:
+        return rest, str(err)
+    return rest, None
 
 
 def _run_inplace(
@@ -755,9 +761,11 @@ def loss_landscape(
     coords = torch.linspace(-float(span), float(span), steps, dtype=torch.float64)
     # The origin first (the model's own loss), then the grid.
     ab = torch.cat([torch.zeros(1, dims, dtype=torch.float64), _grid(dims, coords)])
-    chunks = xy_batches(data, batch_size)
-    if loss_fn is None:
-        chunks = _checked_targets(model, chunks, device)
+    chunks, bad_labels = _checked_targets(model, xy_batches(data, batch_size), device)
+    if bad_labels and loss_fn is None:
+        raise ValueError(bad_labels)
+    if bad_labels:  # the user's loss decides what the labels mean; accuracy cannot
+        log.warning("%s; no accuracy is reported (the loss is the given loss_fn's)", bad_labels)
     batches = ((x.to(device), y.to(device)) for x, y in chunks)
     if method == "inplace":
         totals = _run_inplace(model, batches, moving, ab, loss_fn, precision)
@@ -768,7 +776,7 @@ def loss_landscape(
         raise ValueError("invalid data: it holds no samples")
 
     losses = loss_sum / count
-    accs = correct / targets if classify else None
+    accs = correct / targets if classify and not bad_labels else None
 
     def shaped(v: Tensor) -> list[Any]:
         grid = v[1:]
