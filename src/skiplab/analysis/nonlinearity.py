@@ -118,6 +118,11 @@ def nlc_of(
             warnings.filterwarnings(
                 "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
             )
+            # vmap falls back to a slow loop for an op without a batching rule (as_strided_
+            # on a permuted tensor, as in Swin) and says so: nothing the caller can change
+            warnings.filterwarnings(
+                "ignore", message="There is a performance drop because we have not yet"
+            )
             num = _jvp_sq_norms(f, x, tangents, chunk).detach().mean()  # E_x tr(J Σ_x J^T)
     except torch.OutOfMemoryError:
         raise  # not a missing derivative: a smaller chunk helps
@@ -151,6 +156,11 @@ class NLC(Result):
             f"nonlinearity coefficient {self.value:.4g} over {self.points} points "
             "(1 = affine; Philipp & Carbonell 2018)"
         ]
+        if math.isnan(self.value):
+            lines.append(
+                "NaN: the model's output does not vary over these points (a zero-initialised "
+                "last layer, as in torchvision's ViT, or a constant function), so the NLC is 0/0"
+            )
         if self.value < 0.99:  # an affine map gives 1 up to rounding, so not "< 1"
             lines.append(
                 "below 1: the outputs vary more across the points than the slopes at the "

@@ -24,9 +24,12 @@ softmax, products or quotients of two data-dependent tensors (gates), and normal
 that divides by a statistic of its own input (LayerNorm, GroupNorm, InstanceNorm,
 BatchNorm in training mode). Linear: conv, linear, BatchNorm in eval mode, add/sub/cat,
 reshapes, slicing and indexing, average pooling, up-sampling, transposed conv, padding,
-dropout (its mask does not depend on the input), and products with constants or
-parameters. Comparisons and signs (``h > 0``) give masks: step functions of the input
-that carry no paths, so an op that reads one is a gate (``h * (h > 0)`` counts as one
+dropout (its mask does not depend on the input), embedding lookups (one-hot times a
+matrix), and products with constants or parameters. Fused ops count as written out:
+``addmm(c, a, b)`` as ``c + a @ b``, attention (``scaled_dot_product_attention``,
+``nn.MultiheadAttention``) as ``softmax(q k^T) v``, two products and a softmax.
+Comparisons and signs (``h > 0``) give masks: step functions of the input that carry no
+paths, so an op that reads one is a gate (``h * (h > 0)`` counts as one
 ReLU). Any other op on data-dependent tensors is *unknown*: it is listed in the result
 and counted as nonlinear.
 """
@@ -79,7 +82,7 @@ LINEAR = _names(
     pixel_shuffle pixel_unshuffle channel_shuffle pad constant_pad_nd
     dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout
     view view_as reshape reshape_as flatten unflatten permute transpose t swapaxes
-    swapdims movedim moveaxis squeeze unsqueeze expand expand_as repeat repeat_interleave
+    embedding swapdims movedim moveaxis squeeze unsqueeze expand expand_as repeat repeat_interleave
     tile broadcast_to contiguous clone detach to float double half bfloat16 type type_as
     cpu cuda getitem narrow select index_select gather take take_along_dim split
     split_with_sizes chunk unbind tensor_split hsplit vsplit roll flip fliplr flipud rot90
@@ -102,7 +105,6 @@ NONLINEAR = _names(
     exp exp2 log log2 log10 log1p expm1 sqrt rsqrt reciprocal pow square abs
     clamp clip clamp_min clamp_max sin cos tan norm std var std_mean var_mean prod cumprod rpow
     logsumexp
-    scaled_dot_product_attention multi_head_attention_forward
     """
 )
 # Piecewise-constant results (comparisons, signs, indices of extremes): *masks*. They
@@ -129,6 +131,13 @@ CONSTANT = _names(
 # In-place ops that overwrite their target with a constant.
 OVERWRITE = _names("zero_ fill_ normal_ uniform_ random_ bernoulli_ exponential_")
 DIVISION = _names("div divide true_divide truediv")
+# input + (product of two factors): linear in the input, the product as ``mul`` or ``div``.
+FUSED_ADD = {
+    **dict.fromkeys(_names("addmm addbmm baddbmm addcmul addr addmv"), False),
+    "addcdiv": True,
+}
+# Fused attention, counted as written out: softmax(q k^T) v (see Tracer._attention).
+ATTENTION = _names("scaled_dot_product_attention multi_head_attention_forward")
 REVERSED = {"radd": "add", "rsub": "sub", "rmul": "mul", "rmatmul": "matmul"}
 
 
@@ -446,6 +455,14 @@ class Tracer(TorchFunctionMode):
             for o in outputs:
                 self.bind_mask(o)
             return out
+        if name in ATTENTION:
+            self._attention(name, args, kwargs, outputs)
+            return out
+        if name in FUSED_ADD:
+            node = self._fused_add(name, args, kwargs)
+            for o in outputs:
+                self.bind(o, node)
+            return out
         nonlinear = self._is_nonlinear(name, args, kwargs, found, gated)
         node = self.add_node(sorted(set(found)), nonlinear, name)
         for o in outputs:
@@ -466,12 +483,57 @@ class Tracer(TorchFunctionMode):
             return self.node(divisor) is not None
         if name == "where":  # where(cond, a, b): a gate when cond depends on the data
             return bool(self.nodes_in(_arg(args, kwargs, 0, "condition", None)))
+        if name == "lerp":  # a + w (b - a): a gate when the weight depends on the data
+            weight = _arg(args, kwargs, 2, "weight", None)
+            return self.node(weight) is not None or self.has_mask(weight)
         if name == "masked_fill":
             return bool(self.nodes_in(args[1:]) + self.nodes_in(list(kwargs.values())))
         if name in LINEAR:
             return len(found) > 1
         self.unknown.add(name)
         return True
+
+    def _fused_add(self, name: str, args: tuple, kwargs: dict) -> int:
+        """``addmm(c, a, b)`` = beta c + alpha a @ b (and addcmul, baddbmm, ...): c's paths
+        pass linearly; the product's paths as in ``mul`` (``div`` for addcdiv)."""
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)]
+        base, factors = tensors[:1], tensors[1:]  # input first, by position or keyword
+        nodes = self.nodes_in(factors)
+        inputs = self.nodes_in(base)
+        if nodes:
+            divisor = factors[-1] if FUSED_ADD[name] else None
+            nonlinear = (
+                self.node(divisor) is not None
+                if divisor is not None
+                else len(nodes) > 1 or self.has_mask(factors)
+            )
+            inputs.append(self.add_node(sorted(set(nodes)), nonlinear, name))
+        return self.add_node(sorted(set(inputs)), False, name)
+
+    def _attention(self, name: str, args: tuple, kwargs: dict, outputs: list[Tensor]) -> None:
+        """A fused attention op as its parts: scores q k^T (a product when both depend on
+        the data), softmax, weights times v (a product likewise). nn.MultiheadAttention
+        projects query, key and value separately, so ``mha(x, x, x)`` has the paths of the
+        written-out version; masks or weights computed from the input join the scores."""
+        parts = [_arg(args, kwargs, i, n, None) for i, n in enumerate(("query", "key", "value"))]
+        rest = [a for a in (*args[3:], *kwargs.values()) if all(a is not p for p in parts)]
+        q, k, v = (sorted(set(self.nodes_in(p))) for p in parts)
+        if name == "multi_head_attention_forward":  # its own projections: distinct nodes
+            q, k, v = ([self.add_node(n, False, "linear")] if n else [] for n in (q, k, v))
+        scores = sorted(set(q + k) | set(self.nodes_in(rest)))
+        weights = None
+        if scores:
+            s = self.add_node(scores, bool(q and k) or self.has_mask(rest), "matmul")
+            weights = self.add_node([s], True, "softmax")
+        product = weights is not None or self.has_mask(rest)  # a mask alone gates v
+        if v:
+            node = self.add_node(([weights] if weights is not None else []) + v, product, "matmul")
+        else:  # constant values: linear in the weights
+            node = self.add_node([weights], False, "matmul")
+        self.bind(outputs[0], node)
+        for o in outputs[1:]:  # nn.MultiheadAttention's attention weights
+            if weights is not None:
+                self.bind(o, weights)
 
     def _setitem(self, args: tuple) -> None:
         target, key, value = args[0], args[1], args[2]
