@@ -160,19 +160,32 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
               if k in state and state[k].shape != v.shape]  # fmt: skip
+    # load_state_dict would cast silently: float16 weights into a float32 model, integers
+    # into floats (truncated), so a wrong dtype is an error, not a quiet loss of precision.
+    dtypes = [f"{k} {_dtype(state[k])} vs {_dtype(v)}" for k, v in own.items()
+              if k in state and state[k].dtype != v.dtype]  # fmt: skip
     problems = []
-    if missing:
+    if own and not state:
+        problems.append("it holds no model weights (no model.* tensors)")
+    elif missing:
         problems.append(f"missing {len(missing)} keys (e.g. {missing[0]})")
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
     if shapes:
         problems.append(f"{len(shapes)} shape mismatches (e.g. {shapes[0]})")
+    if dtypes:
+        problems.append(f"{len(dtypes)} dtype mismatches (e.g. {dtypes[0]})")
     if problems:
         raise ValueError(
             f"{source} does not fit this model: {'; '.join(problems)}; was it saved from a "
-            "different model or options?"
+            "different model or options"
+            + (" or precision (model.to(dtype) converts a model)?" if dtypes else "?")
         )
     unwrap(model).load_state_dict(state, strict=True)
+
+
+def _dtype(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -217,9 +230,7 @@ def resume_point(ckpt: Checkpoint, epochs: int) -> tuple[int, list[dict[str, Any
 def restore_optimizer(opt: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
     meta = ckpt.meta.get("optimizer")
     if not isinstance(meta, dict) or "param_groups" not in meta:
-        raise ValueError(
-            f"{ckpt.path} has no optimizer state; it is a weights file, not a resume checkpoint"
-        )
+        raise _unusable(ckpt, "it has no optimizer state (a weights file, not a resume checkpoint)")
     state: dict[int, dict[str, Any]] = {}
     try:
         for key, value in [*ckpt.section("optim").items(), *meta.get("scalars", {}).items()]:
@@ -233,6 +244,23 @@ def restore_optimizer(opt: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     except (ValueError, KeyError, RuntimeError, TypeError) as err:
         raise ValueError(f"{ckpt.path}: optimizer state does not fit this model ({err})") from None
+    # load_state_dict checks only the groups' sizes: a buffer of another shape would fail in
+    # the first step, and one of another dtype would be cast without a word.
+    params = {i: p for saved, group in zip(meta["param_groups"], opt.param_groups, strict=True)
+              for i, p in zip(saved["params"], group["params"], strict=True)}  # fmt: skip
+    for idx, values in sorted(state.items()):
+        for name, v in values.items():
+            p = params.get(idx)
+            if p is None or (
+                torch.is_tensor(v) and v.dim() > 0 and (v.shape != p.shape or v.dtype != p.dtype)
+            ):
+                what = "no such parameter" if p is None else (
+                    f"{tuple(v.shape)} {_dtype(v)} for a parameter {tuple(p.shape)} {_dtype(p)}"
+                )  # fmt: skip
+                raise ValueError(
+                    f"{ckpt.path}: optimizer state does not fit this model (optim.{idx}.{name}: "
+                    f"{what}); was it saved from a different model or options?"
+                )
     for group, keep in zip(opt.param_groups, impl, strict=True):
         group.update(keep)
 
@@ -247,9 +275,10 @@ def rng_tensors() -> dict[str, torch.Tensor]:
 
 def restore_rng(ckpt: Checkpoint) -> None:
     rng = ckpt.section("rng")
+    if "torch" not in rng:  # without it, dropout after the resume would differ
+        raise _unusable(ckpt, "it holds no random number generator state (rng.torch)")
     try:
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
+        torch.set_rng_state(rng["torch"])
         keys = sorted((k for k in rng if k.startswith("cuda.")), key=lambda k: int(k.split(".")[1]))
         cuda = [rng[k] for k in keys]
         if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..data.augment import AUGMENT_KINDS, parse_augment
 from ..models.layers import check_choice, invalid
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -52,9 +53,22 @@ class Recipe:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_choice("schedule", self.schedule, SCHEDULES)
-        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("recipe.optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("recipe.schedule", self.schedule, SCHEDULES)
+        check_choice("recipe.precision", self.precision, PRECISIONS)
+        if not isinstance(self.name, str):
+            raise invalid("recipe.name", self.name, "must be a string")
+        for name in ("nesterov", "channels_last", "compile"):
+            v = getattr(self, name)
+            if not isinstance(v, bool):  # "no" would be true
+                raise invalid(f"recipe.{name}", v, "must be true or false")
+        if not isinstance(self.extra, dict):
+            raise invalid("recipe.extra", self.extra, "must be a mapping")
+        if self.augment is not None:
+            try:
+                parse_augment(self.augment)
+            except ValueError:
+                raise invalid("recipe.augment", self.augment, AUGMENT_KINDS) from None
         for name in ("epochs", "batch_size", "eval_batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -75,21 +89,44 @@ class Recipe:
                 or not math.isfinite(v)
                 or v < 0
             ):
-                raise invalid(f"recipe.{name}", v, "must be a non-negative number")
+                raise invalid(f"recipe.{name}", v, "must be a non-negative number" + _yaml_hint(v))
         if self.lr <= 0:
             raise invalid("recipe.lr", self.lr, "must be positive")
+        if self.gamma <= 0:
+            raise invalid(
+                "recipe.gamma", self.gamma, "must be positive (the step schedule's factor)"
+            )
+        for name in ("momentum", "label_smoothing"):
+            if getattr(self, name) >= 1:
+                raise invalid(f"recipe.{name}", getattr(self, name), "must be in [0, 1)")
+        if self.warmup_epochs > self.epochs:
+            raise invalid(
+                "recipe.warmup_epochs",
+                self.warmup_epochs,
+                f"must be at most recipe.epochs ({self.epochs}); 0: no warm-up",
+            )
+        if isinstance(self.milestones, str) or not isinstance(self.milestones, list | tuple):
+            raise invalid(
+                "recipe.milestones", self.milestones, "must be a list of fractions in (0, 1)"
+            )
         ms = tuple(self.milestones)
-        if any(not isinstance(m, int | float) or not 0 < m < 1 for m in ms) or list(ms) != sorted(
-            ms
-        ):
+        if any(
+            isinstance(m, bool) or not isinstance(m, int | float) or not 0 < m < 1 for m in ms
+        ) or list(ms) != sorted(ms):
             raise invalid(
                 "recipe.milestones", list(ms), "must be increasing fractions of training in (0, 1)"
             )
         object.__setattr__(self, "milestones", tuple(float(m) for m in ms))
         if self.grad_clip is not None and (
-            not isinstance(self.grad_clip, int | float) or self.grad_clip <= 0
+            isinstance(self.grad_clip, bool)
+            or not isinstance(self.grad_clip, int | float)
+            or not 0 < self.grad_clip < math.inf
         ):
-            raise invalid("recipe.grad_clip", self.grad_clip, "must be a positive number or null")
+            raise invalid(
+                "recipe.grad_clip",
+                self.grad_clip,
+                "must be a positive number or null" + _yaml_hint(self.grad_clip),
+            )
 
     def lr_at(self, step: int, steps_per_epoch: int) -> float:
         """The learning rate at optimizer step ``step`` (0-based)."""
@@ -110,6 +147,17 @@ class Recipe:
 
     def replace(self, **changes: Any) -> Recipe:
         return from_dict({**self.to_dict(), **changes})
+
+
+def _yaml_hint(value: Any) -> str:
+    """YAML 1.1 reads 1e-3 (no dot) as a string: say so where a number was meant."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    return " (a string; YAML reads 1e-3 as text: write 1.0e-3)"
 
 
 def from_dict(data: dict[str, Any]) -> Recipe:

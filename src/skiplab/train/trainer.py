@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..analysis.blocks import find_units, fit_problem
 from ..analysis.gradflow import unit_grad_norms
-from ..data import TensorData, iterate_batches
+from ..data import TensorData, iterate_batches, parse_augment
 from ..io import atomic_write_text, differences
 from ..models.unet import center_crop
 from ..provenance import provenance
@@ -119,6 +119,23 @@ def check_model_fits_data(model: nn.Module, data: TensorData, amp: torch.dtype |
             f"inputs {list(data.input_shape)}): {problem[1]}; build the model for "
             f"{data.name!r}: in_channels={data.in_channels}, num_classes={data.num_classes}"
         )
+
+
+def check_recipe_fits_data(recipe: Recipe, data: TensorData, augment: str) -> None:
+    """Raise one ``ValueError`` for an augmentation the data cannot take; warn when the
+    batch is larger than the training set (every epoch is then one smaller batch)."""
+    if parse_augment(augment).needs_mask and data.task != "segmentation":
+        raise ValueError(
+            f"invalid recipe.augment={augment!r} for {data.name!r} ({data.task}): it flips "
+            "segmentation masks; use 'crop<N>-flip', 'crop<N>' or 'none'"
+        )
+    n = data.train_x.shape[0]
+    if recipe.batch_size > n:
+        log.warning(
+            "recipe.batch_size=%d is larger than the %d training examples of %r: each epoch "
+            "is one batch of %d",
+            recipe.batch_size, n, data.name, n,
+        )  # fmt: skip
 
 
 class EpochStats:
@@ -300,6 +317,7 @@ def fit(
     check_model_fits_data(model, data, amp)  # before anything is written
     opt = make_optimizer(model, recipe)
     augment = recipe.augment if recipe.augment is not None else data.augment
+    check_recipe_fits_data(recipe, data, augment)
 
     start_epoch, history = 0, []
     ckpt_path = out_dir / CKPT_FILE
@@ -311,10 +329,18 @@ def fit(
         restore_rng(ckpt)
         log.info("resuming %s at epoch %d", out_dir, start_epoch)
 
+    prov = provenance(dev)
+    was = ((existing or {}).get("provenance") or {}).get("device")
+    if dist.is_main and start_epoch and was and was != prov["device"]:
+        log.warning(
+            "%s ran on %s and resumes on %s: floating-point sums are ordered differently, so "
+            "the result matches an uninterrupted run to rounding, not bit for bit",
+            out_dir, was, prov["device"],
+        )  # fmt: skip
     run_info: dict[str, Any] = {
         **identity,
         "data_meta": data.meta,
-        "provenance": provenance(dev),
+        "provenance": prov,
         "world_size": dist.world,
         "status": "running",
         "epochs_done": start_epoch,
