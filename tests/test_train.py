@@ -17,6 +17,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 import skiplab
+from interrupt import Stop, StopAfter
 from skiplab.cli import app
 from skiplab.data import load_dataset
 from skiplab.train import Recipe, fit, get_recipe, load_checkpoint, load_model, save_checkpoint
@@ -161,17 +162,13 @@ def test_load_model_with_bad_model_metadata(tmp_path: Path, meta: dict, match: s
     assert str(path) in str(err.value)
 
 
-class _Stop(Exception):
-    pass
-
-
 def _interrupted_run(out: Path, data, recipe: Recipe) -> None:
     """A run stopped after its first epoch, with a checkpoint to resume from."""
 
     def stop(row: dict) -> None:
-        raise _Stop
+        raise Stop
 
-    with pytest.raises(_Stop):
+    with pytest.raises(Stop):
         fit(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), data, recipe, out, on_epoch=stop)
 
 
@@ -228,23 +225,13 @@ def test_resume_logs_each_steps_gradients_once(tmp_path: Path, digits) -> None:
     """Gradient rows of the epoch a kill cut short are logged again after resuming: the
     first copies go."""
 
-    class StopAfter(nn.Module):
-        def __init__(self, steps: int) -> None:
-            super().__init__()
-            self.net = skiplab.create_model("resnet-8", in_channels=1, width=0.25)
-            self.steps = steps
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if self.training:
-                self.steps -= 1
-                if self.steps < 0:
-                    raise _Stop
-            return self.net(x)
+    def model(steps: int) -> nn.Module:
+        return StopAfter(skiplab.create_model("resnet-8", in_channels=1, width=0.25), steps)
 
     out, data, recipe = tmp_path / "r", digits.subset(256, 32), tiny_recipe(batch_size=64)
-    with pytest.raises(_Stop):  # 4 steps per epoch: stopped in step 3 of epoch 2
-        fit(StopAfter(6), data, recipe, out, log_grad_every=1)
-    fit(StopAfter(10**6), data, recipe, out, log_grad_every=1, resume=True)
+    with pytest.raises(Stop):  # 4 steps per epoch: stopped in step 3 of epoch 2
+        fit(model(6), data, recipe, out, log_grad_every=1)
+    fit(model(10**6), data, recipe, out, log_grad_every=1, resume=True)
     rows = [json.loads(x) for x in (out / "grad_norms.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(8))
     assert [r["epoch"] for r in rows] == [1] * 4 + [2] * 4

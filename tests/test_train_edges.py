@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import skiplab
+from interrupt import Stop, StopAfter
 from skiplab.data import load_dataset
 from skiplab.train import fit, get_recipe, load_checkpoint, load_model, save_checkpoint
 from skiplab.train.recipe import from_dict
@@ -27,25 +28,6 @@ RESNET = {"in_channels": 1, "width": 0.25}
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits").subset(128, 32)
-
-
-class _Stop(Exception):
-    pass
-
-
-class StopAfter(nn.Module):
-    """Raises in the forward pass of training step ``steps`` (an interrupted run)."""
-
-    def __init__(self, net: nn.Module, steps: int = 10**9) -> None:
-        super().__init__()
-        self.net, self.steps = net, steps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            self.steps -= 1
-            if self.steps < 0:
-                raise _Stop
-        return self.net(x)
 
 
 def _rows(run: Path) -> list[dict]:
@@ -92,7 +74,7 @@ def test_resume_after_an_exception_mid_epoch_is_bit_identical(
     torch.manual_seed(0)
     fit(StopAfter(make()), data, rec, tmp_path / "full", seed=2)
     torch.manual_seed(0)
-    with pytest.raises(_Stop):  # in the second step of epoch 2
+    with pytest.raises(Stop):  # in the second step of epoch 2
         fit(StopAfter(make(), steps + 1), data, rec, tmp_path / "cut", seed=2)
     _run_files_parse(tmp_path / "cut")
     torch.manual_seed(99)  # another init and RNG state: the checkpoint must replace both
@@ -108,9 +90,9 @@ def _stopped_run(out: Path, data) -> None:
     """resnet-8 stopped after its first of 3 epochs, with a checkpoint to resume from."""
 
     def stop(row: dict) -> None:
-        raise _Stop
+        raise Stop
 
-    with pytest.raises(_Stop):
+    with pytest.raises(Stop):
         fit(skiplab.create_model("resnet-8", **RESNET), data, _recipe(), out,
             model_name="resnet-8", model_options=RESNET, on_epoch=stop)  # fmt: skip
 
