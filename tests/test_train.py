@@ -489,3 +489,16 @@ def test_fit_problem_reads_class_scores_of_both_tasks() -> None:
     head.train()
     fit_problem(head, x, 5)
     assert head.training  # the mode is restored
+
+
+def test_fixup_resnet_checkpoint_roundtrip(tmp_path: Path, digits) -> None:
+    """A Fixup downsampling unit's shortcut reads the branch's first bias: the bias is one
+    tensor in the state dict (safetensors refuses two names for one tensor)."""
+    opts = {"in_channels": 1, "width": 0.25, "init": "fixup", "norm": "none"}
+    model = skiplab.create_model("resnet-8", **opts)
+    res = fit(model, digits.subset(64, 32), tiny_recipe(epochs=1), tmp_path / "r",
+              model_name="resnet-8", model_options=opts)  # fmt: skip
+    assert res.status == "finished"
+    loaded, _ = load_model(tmp_path / "r" / "model.safetensors")
+    x = digits.test_x[:4]
+    torch.testing.assert_close(loaded.eval()(x), model.eval()(x))

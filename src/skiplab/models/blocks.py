@@ -254,10 +254,10 @@ class ResidualUnit(nn.Module):
         # Fixup: a shortcut that does anything (downsampling, a projection) reads the input
         # plus the branch's first scalar bias, like the branch's first conv (Zhang et al.'s
         # code: downsample(x + bias1a)); an identity shortcut carries x itself.
-        self.shortcut_bias: nn.Module | None = (
-            self.branch.bias1
-            if fixup and self.shortcut is not None and not isinstance(self.shortcut, nn.Identity)
-            else None
+        # A flag, not a second reference to the module: a module registered twice puts its
+        # tensor in the state dict twice, and safetensors refuses to save shared tensors.
+        self._shortcut_adds_bias = (
+            fixup and self.shortcut is not None and not isinstance(self.shortcut, nn.Identity)
         )
 
         post: list[tuple[str, nn.Module]] = []
@@ -285,9 +285,17 @@ class ResidualUnit(nn.Module):
         shortcut = None if self.shortcut is None else self.shortcut(s_in)
         return self._combine(shortcut, branch, s_in)
 
-    def _shortcut_input(self, x: torch.Tensor, xp: torch.Tensor) -> torch.Tensor:
-        s_in = xp if self.shortcut_reads_preact else x
-        return s_in if self.shortcut_bias is None else self.shortcut_bias(s_in)
+    @property
+    def shortcut_bias(self) -> nn.Module | None:
+        """Fixup's bias the shortcut reads its input through: the branch's first (or None)."""
+        return self.branch.bias1 if self._shortcut_adds_bias else None
+
+    def _shortcut_input(self, x: torch.Tensor, xp: torch.Tensor | None = None) -> torch.Tensor:
+        """What the shortcut (and a gate) reads: ``x``, or its pre-activation ``xp``
+        (computed here only when not given and needed), plus Fixup's bias."""
+        if self.shortcut_reads_preact:
+            x = self.preact(x) if xp is None else xp
+        return x if self.shortcut_bias is None else self.shortcut_bias(x)
 
     def _scaled_branch(self, xp: torch.Tensor) -> torch.Tensor:
         branch = self.branch(xp)
@@ -312,7 +320,7 @@ class ResidualUnit(nn.Module):
         """The skip path's output (a zero for a plain unit)."""
         if self.shortcut is None:
             return torch.zeros((), dtype=x.dtype, device=x.device)
-        return self.shortcut(self._shortcut_input(x, self.preact(x)))
+        return self.shortcut(self._shortcut_input(x))
 
     def branch_path(self, x: torch.Tensor) -> torch.Tensor:
         """The residual branch's output, pre-activation and branch scale included."""
@@ -322,7 +330,7 @@ class ResidualUnit(nn.Module):
         self, shortcut: torch.Tensor, branch: torch.Tensor, x: torch.Tensor
     ) -> torch.Tensor:
         """What the unit does with its two paths (``x``, the unit input, feeds gates)."""
-        s_in = self._shortcut_input(x, self.preact(x)) if self.gate is not None else x
+        s_in = self._shortcut_input(x) if self.gate is not None else x
         return self._combine(shortcut, branch, s_in)
 
     # Blocks own their init quirks (STYLE 5).
@@ -343,15 +351,18 @@ class ResidualUnit(nn.Module):
                 "to zero; use a norm ('batch', 'group', 'layer') or init='fixup'"
             )
         last = children[-1]
-        if last is norms[-1]:
-            nn.init.zeros_(last.weight)
-            return
         if isinstance(last, nn.Conv2d | nn.Linear):
             nn.init.zeros_(last.weight)
             if last.bias is not None:
                 nn.init.zeros_(last.bias)
             return
-        # The branch ends on its activation: zero the norm before it, if that is not a dead end.
+        if last is not norms[-1]:
+            self._check_zero_passes(last)
+        nn.init.zeros_(norms[-1].weight)
+
+    def _check_zero_passes(self, last: nn.Module) -> None:
+        """The branch ends on its activation ``last``: zeroing the norm before it starts the
+        unit as its shortcut only if act(0) = 0, and leaves it trainable only if act'(0) != 0."""
         with torch.enable_grad():
             z = torch.zeros(1, requires_grad=True)
             y = last(z * 1.0)
@@ -369,7 +380,6 @@ class ResidualUnit(nn.Module):
                 f"ends on its activation and {why}; use branch_scale='rezero', or an activation "
                 "with act(0) = 0 and a nonzero slope there ('gelu', 'tanh', 'identity')"
             )
-        nn.init.zeros_(norms[-1].weight)
 
     def fixup_init(self, num_branches: int) -> None:
         """Fixup (Zhang et al. 2019): scale the branch's weights by L^(-1/(2m-2)), zero the last."""
