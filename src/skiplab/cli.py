@@ -335,7 +335,6 @@ def train_cmd(
                 f"got {type(fields).__name__} (e.g. epochs: 30, or preset: quick)"
             )
         if "preset" in fields:  # as in a study's recipe: a preset and the fields it changes
-            fields = dict(fields)
             rec = get_recipe(fields.pop("preset"), **{**fields, **overrides})
         else:
             rec = from_dict({**fields, **overrides})

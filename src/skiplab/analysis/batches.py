@@ -60,6 +60,12 @@ def xy_batches(
 LABEL_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
+def class_scores(out: Any, y: Tensor) -> bool:
+    """Whether ``out`` holds class scores ``[N, C, ...]`` for the labels ``y`` ``[N, ...]``
+    (one score per class at each target position)."""
+    return isinstance(out, Tensor) and out.dim() >= 2 and out.shape[:1] + out.shape[2:] == y.shape
+
+
 def check_class_targets(out: Any, targets: Sequence[Tensor], analysis: str) -> None:
     """Raise ``ValueError`` when integer class targets fall outside ``0..C-1`` for class
     scores ``out`` ``[N, C, ...]`` (the output for a sample or more of the data), before

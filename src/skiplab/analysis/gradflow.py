@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .batches import LABEL_DTYPES, check_class_targets
+from .batches import LABEL_DTYPES, check_class_targets, class_scores
 from .blocks import UnitView, find_units, run_model, torchvision_unit_types
 from .result import Result, new_axes
 
@@ -43,7 +43,7 @@ def default_loss(output: Tensor, target: Tensor) -> Tensor:
             "that takes (output, target) and returns a scalar"
         )
     if target.dtype in LABEL_DTYPES:
-        if output.dim() < 2 or target.shape != output.shape[:1] + output.shape[2:]:
+        if not class_scores(output, target):
             raise ValueError(
                 f"integer target of shape {tuple(target.shape)} does not fit logits of shape "
                 f"{tuple(output.shape)}: cross-entropy needs logits [N, C, ...] and class "

@@ -52,7 +52,7 @@ from torch import Tensor
 
 from ..models.layers import check_choice, check_positive_float, check_positive_int, invalid
 from .result import Result, new_axes
-from .shattered import ModelSpec, _check_depths, _spec_label, build, model_specs
+from .shattered import ModelSpec, _check_depths, _spec_label, build, build_seeded, model_specs
 
 log = logging.getLogger(__name__)
 
@@ -346,11 +346,7 @@ def _train_one(
     device: str | torch.device,
 ) -> IdentityRun:
     dim = a.shape[0]
-    # Built on the CPU from its generator alone, which fork_rng restores: the caller's RNG,
-    # CUDA generators included (torch.manual_seed would reseed those), is left untouched.
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        model = build(spec, depth, **defaults).to(device)
+    model = build_seeded(spec, depth, seed, device, **defaults)
     data = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()

@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.layers import check_choice, check_positive_int, eval_norm_affine, invalid
-from .batches import check_class_targets, xy_batches
+from .batches import check_class_targets, class_scores, xy_batches
 from .blocks import run_model, unit_kind
 from .gradflow import default_loss, module_mode
 from .result import Result, new_axes
@@ -218,13 +218,6 @@ def _loss_for(loss_fn: LossFn | None, y: Tensor) -> tuple[LossFn, bool]:
     return loss_fn or default_loss, classify
 
 
-def _class_scores(out: Any, y: Tensor) -> bool:
-    """Whether ``out`` holds class scores ``[N, C, ...]`` for the labels ``y`` ``[N, ...]``
-    (then accuracy is counted; a model returning a dict, or one score per sample, has a
-    loss only)."""
-    return isinstance(out, Tensor) and out.dim() >= 2 and out.shape[:1] + out.shape[2:] == y.shape
-
-
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -287,7 +280,8 @@ def _eval_chunk(
     method: str,
 ) -> tuple[Tensor, Tensor, bool]:
     """Summed loss and correct count over the batch for each grid point in ``ab`` [P, dims],
-    and whether the correct counts were counted (``classify`` and ``_class_scores``)."""
+    and whether the correct counts were counted (``classify`` and ``class_scores``: a model
+    returning a dict, or one score per sample, has a loss only)."""
     ab = ab.to(device=x.device)
     n = x.shape[0]
     counted = classify
@@ -296,7 +290,7 @@ def _eval_chunk(
         nonlocal counted
         out = torch.func.functional_call(model, {**params, **fixed}, (x,))
         loss = loss_fn(out, y) * n
-        counted = counted and _class_scores(out, y)
+        counted = counted and class_scores(out, y)
         correct = (out.argmax(dim=1) == y).sum() if counted else loss.new_zeros(())
         return loss, correct
 
@@ -499,7 +493,7 @@ def _eval_inplace(
     correct_acc: Tensor,
 ) -> bool:
     """Add each grid point's summed loss and correct count over ``x`` to the accumulators;
-    return whether correct counts were counted (``classify`` and ``_class_scores``).
+    return whether correct counts were counted (``classify`` and ``class_scores``).
 
     Everything stays on the device: no ``.item()`` or ``.cpu()`` per point, so the host
     queues the points' forward passes without waiting for the GPU.
@@ -511,7 +505,7 @@ def _eval_inplace(
         for xc, yc in zip(xs, ys, strict=True):
             out = evaluator.forward(xc)
             loss_acc[i].add_(loss_fn(out, yc).detach(), alpha=xc.shape[0])
-            classify = classify and _class_scores(out, yc)
+            classify = classify and class_scores(out, yc)
             if classify:
                 correct_acc[i].add_((out.argmax(dim=1) == yc).sum())
     return classify

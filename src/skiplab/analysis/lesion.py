@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.layers import check_positive_int
-from .batches import check_class_targets, xy_batches
+from .batches import check_class_targets, class_scores, xy_batches
 from .blocks import UnitView, check_view, find_units, run_model
 from .gradflow import default_loss, module_mode
 from .result import Result, new_axes
@@ -72,7 +72,7 @@ def _check_output(model: nn.Module, out: Any, y: Tensor, metric: str) -> None:
         )
     if metric != "accuracy":
         return
-    if y.is_floating_point() or out.dim() < 2 or y.shape != out.shape[:1] + out.shape[2:]:
+    if y.is_floating_point() or not class_scores(out, y):
         raise ValueError(
             f"metric='accuracy' needs class logits [N, C, ...] and integer class targets "
             f"[N, ...], got an output of shape {tuple(out.shape)} and targets of shape "

@@ -43,7 +43,7 @@ import math
 import operator
 import weakref
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,6 +159,18 @@ def op_name(func: Any) -> str:
     elif name.endswith("_") and name not in OVERWRITE and name != "copy_":
         name = name[:-1]
     return name.lstrip("_")
+
+
+def _tensors(value: Any) -> Iterator[Tensor]:
+    """The tensors in ``value``: a tensor, or nested lists, tuples and dicts of them."""
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _tensors(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors(v)
 
 
 def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any) -> Any:
@@ -386,13 +398,10 @@ class Tracer(TorchFunctionMode):
 
     def has_mask(self, value: Any) -> bool:
         """Whether ``value`` (a tensor, or nested lists/dicts) holds a mask."""
-        if isinstance(value, Tensor):
-            ref = self.masks.get(id(value))
-            return ref is not None and ref() is value
-        if isinstance(value, list | tuple):
-            return any(self.has_mask(v) for v in value)
-        if isinstance(value, dict):
-            return any(self.has_mask(v) for v in value.values())
+        for t in _tensors(value):
+            ref = self.masks.get(id(t))
+            if ref is not None and ref() is t:
+                return True
         return False
 
     def add_input(self, t: Tensor) -> None:
@@ -404,20 +413,13 @@ class Tracer(TorchFunctionMode):
 
     def nodes_in(self, value: Any) -> list[int]:
         """Nodes of the tracked tensors in ``value`` (a tensor, or nested lists/dicts)."""
-        if isinstance(value, Tensor):
-            n = self.node(value)
-            return [] if n is None else [n]
-        if isinstance(value, list | tuple):
-            return [n for v in value for n in self.nodes_in(v)]
-        if isinstance(value, dict):
-            return [n for v in value.values() for n in self.nodes_in(v)]
-        return []
+        return [n for t in _tensors(value) if (n := self.node(t)) is not None]
 
     # the mode ----------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
         data = [*args, *(v for k, v in kwargs.items() if k != "out")]
-        found = [n for a in data for n in self.nodes_in(a)]
+        found = self.nodes_in(data)
         gated = self.has_mask(data)
         name = op_name(func) if found or gated else ""
         if name in SHAPE_OF:  # x.view_as(y) reads only y's shape

@@ -350,6 +350,17 @@ def build(spec: ModelSpec, depth: int, **defaults: Any) -> nn.Module:
     )
 
 
+def build_seeded(
+    spec: ModelSpec, depth: int, seed: int, device: str | torch.device, **defaults: Any
+) -> nn.Module:
+    """``build`` with the weights drawn from ``seed``, moved to ``device``. Built on the CPU
+    from its generator alone, which ``fork_rng`` restores: the caller's RNG, CUDA generators
+    included (``torch.manual_seed`` would reseed those), is left untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return build(spec, depth, **defaults).to(device)
+
+
 def model_specs(models: Sequence[ModelSpec] | Mapping[str, ModelSpec]) -> dict[str, ModelSpec]:
     """``{label: spec}`` from a mapping, or from a sequence (labels made from the specs)."""
     if isinstance(models, Mapping):
@@ -463,9 +474,7 @@ def shattered_gradients(
         for depth in depths:
             grads = []
             for i in range(inits):
-                with torch.random.fork_rng(devices=[]):  # CPU only: see identity._train_one
-                    torch.default_generator.manual_seed(seed + i)
-                    model = build(spec, depth, **defaults).to(device)
+                model = build_seeded(spec, depth, seed + i, device, **defaults)
                 try:
                     grads.append(input_gradient(model, x).cpu().double().numpy())
                 except ValueError as err:

@@ -1053,3 +1053,30 @@ def provenance_table(study: StudyData) -> Table:
     if study.session_s:
         rows.append(["last session (wall clock)", f"{study.session_s / 60:.1f} min"])
     return Table(["", ""], rows)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def sessions_table(study: StudyData) -> Table | None:
+    """One row per session of the study (the first, then each resume), when there was more
+    than one: the provenance table above shows the first session's."""
+    sessions = study.sessions
+    if len(sessions) < 2:
+        return None
+    rows = []
+    for i, s in enumerate(sessions, 1):
+        prov = s.get("provenance") or {}
+        device = "; ".join(s.get("devices") or []) or str(prov.get("device") or "–")
+        jobs = f"{s.get('jobs', 0)} of {s.get('todo', '?')}"
+        rows.append([str(i), str(s.get("started") or "–"), _duration(s.get("duration_s")), jobs,
+                     str(s.get("status") or "–"), str(prov.get("skiplab", "–")),
+                     str(prov.get("git_commit") or "–")[:12], device])  # fmt: skip
+    return Table(
+        ["session", "started", "duration", "jobs done", "ended", "skiplab", "git commit", "device"],
+        rows,
+        "Each time the study was run or resumed (ended 'running': the process was killed).",
+    )

@@ -10,7 +10,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from .findings import Table, provenance_table
+from .findings import Table, provenance_table, sessions_table
 
 
 def _spec_text(spec: dict[str, Any]) -> str:
@@ -29,33 +29,6 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         undefined=jinja2.StrictUndefined,
-    )
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-
-
-def sessions_table(study: Any) -> Table | None:
-    """One row per session of the study (the first, then each resume), when there was more
-    than one: the provenance table above shows the first session's."""
-    sessions = study.sessions
-    if len(sessions) < 2:
-        return None
-    rows = []
-    for i, s in enumerate(sessions, 1):
-        prov = s.get("provenance") or {}
-        device = "; ".join(s.get("devices") or []) or str(prov.get("device") or "–")
-        jobs = f"{s.get('jobs', 0)} of {s.get('todo', '?')}"
-        rows.append([str(i), str(s.get("started") or "–"), _duration(s.get("duration_s")), jobs,
-                     str(s.get("status") or "–"), str(prov.get("skiplab", "–")),
-                     str(prov.get("git_commit") or "–")[:12], device])  # fmt: skip
-    return Table(
-        ["session", "started", "duration", "jobs done", "ended", "skiplab", "git commit", "device"],
-        rows,
-        "Each time the study was run or resumed (ended 'running': the process was killed).",
     )
 
 

@@ -7,9 +7,9 @@ clear error before the study writes anything. Only the driver (this process) wri
 ``study.db``: tasks return their results, and a result is recorded once, when its task
 completes. A worker lost midway (its process or node dies) makes the driver submit the
 task again (``max_retries``, each attempt counted in the store); the run's folder is
-cleared at the start of every attempt, so nothing is recorded twice. On a cluster the study folder must be on a filesystem that every node
-sees (run folders are written there). ``ray`` is an optional dependency:
-``pip install skiplab[ray]``.
+cleared at the start of every attempt, so nothing is recorded twice. On a cluster the
+study folder must be on a filesystem that every node sees (run folders are written there).
+``ray`` is an optional dependency: ``pip install skiplab[ray]``.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ class RayExecutor:
         try:
             self.ray.init(**kwargs)
         except (OSError, RuntimeError) as err:  # ConnectionError: no cluster at the address
-            reason = (str(err).strip() or type(err).__name__).splitlines()[0].rstrip(".")
+            reason = _first_line(err).rstrip(".")
             if not self.address:
                 raise ValueError(f"cannot start a local Ray instance: {reason}") from None
             raise _unreachable(self.address, reason) from None

@@ -123,14 +123,12 @@ def execute_run(
                     )
                 )
         return {"status": res.status, "metrics": res.final, "history": res.metrics, "results": results,
-                "error": res.message or None, "duration_s": time.perf_counter() - t0,
-                "device": device_used(device)}  # fmt: skip
+                "error": res.message or None, "duration_s": time.perf_counter() - t0}  # fmt: skip
     except Exception as err:  # noqa: BLE001 - a failed run is recorded, the study goes on
         log.warning("run %s failed: %s", run.run_id, err)
         tb = traceback.format_exc(limit=3)
         return {"status": "failed", "metrics": {}, "history": [], "results": results,
-                "error": f"{type(err).__name__}: {err}\n{tb}", "duration_s": time.perf_counter() - t0,
-                "device": device_used(device)}  # fmt: skip
+                "error": f"{type(err).__name__}: {err}\n{tb}", "duration_s": time.perf_counter() - t0}  # fmt: skip
 
 
 def execute_experiment(record: dict[str, Any], device: str) -> dict[str, Any]:
@@ -141,12 +139,11 @@ def execute_experiment(record: dict[str, Any], device: str) -> dict[str, Any]:
     try:
         result, summary = run_experiment(exp, device)
         return {"status": "finished", "metrics": {}, "history": [], "results": [("experiment", exp.kind, result, summary)],
-                "error": None, "duration_s": time.perf_counter() - t0, "device": device_used(device)}  # fmt: skip
+                "error": None, "duration_s": time.perf_counter() - t0}  # fmt: skip
     except Exception as err:  # noqa: BLE001
         log.warning("experiment %s failed: %s", exp.name, err)
         return {"status": "failed", "metrics": {}, "history": [], "results": [],
-                "error": f"{type(err).__name__}: {err}", "duration_s": time.perf_counter() - t0,
-                "device": device_used(device)}  # fmt: skip
+                "error": f"{type(err).__name__}: {err}", "duration_s": time.perf_counter() - t0}  # fmt: skip
 
 
 @dataclass
@@ -333,8 +330,10 @@ class _JobFn:
 
             torch.set_num_threads(self.threads)
         if job.kind == "run":
-            return execute_run(job.record, self.study_dir, self.device, self.data_dir)
-        return execute_experiment(job.record, self.device)
+            out = execute_run(job.record, self.study_dir, self.device, self.data_dir)
+        else:
+            out = execute_experiment(job.record, self.device)
+        return {**out, "device": device_used(self.device)}  # where this process ran it
 
 
 STUDY_DEVICES = ("cpu", "cuda", "auto")

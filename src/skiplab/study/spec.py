@@ -145,20 +145,13 @@ class StudySpec:
     def runs(self) -> list[RunSpec]:
         out: list[RunSpec] = []
         for g in self.groups:
-            grid = g.get("grid") or {}
-            keys = list(grid)
-            combos = [
-                dict(zip(keys, vals, strict=True))
-                for vals in itertools.product(*(grid[k] for k in keys))
-            ] or [{}]
+            combos = _grid_points(g.get("grid") or {})
             recipe = {**self.recipe, **(g.get("recipe") or {})}
             analyses = g.get("analyses") or {}
             for seed in g.get("seeds") or self.seeds:
                 for m in g["models"]:
                     for combo in combos:
-                        model = ModelSpec(
-                            m.name, {**m.options, **combo}, m.label if not combo else ""
-                        )
+                        model = _at(m, combo)
                         for data in g["data"]:
                             out.append(RunSpec(
                                 group=g["name"], model=model, data=data,
@@ -184,6 +177,17 @@ class StudySpec:
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self.raw)
+
+
+def _grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of a group's grid values (one empty point without a grid)."""
+    points = [dict(zip(grid, vals, strict=True)) for vals in itertools.product(*grid.values())]
+    return points or [{}]
+
+
+def _at(m: ModelSpec, point: dict[str, Any]) -> ModelSpec:
+    """Model ``m`` at one grid point: a label names the model only off the grid."""
+    return ModelSpec(m.name, {**m.options, **point}, "" if point else m.label)
 
 
 def _models(path: str, value: Any) -> list[ModelSpec]:
@@ -230,15 +234,23 @@ def _int_list(path: str, value: Any) -> list[int]:
     return list(value)
 
 
-def _recipe(path: str, value: Any) -> dict[str, Any]:
-    from ..train.recipe import PRESETS, get_recipe
-
+def _recipe_mapping(path: str, value: Any) -> dict[str, Any]:
+    """A recipe as a mapping of fields: none is ``{}``, a string names a preset."""
     if value is None:
         return {}
     if isinstance(value, str):
-        value = {"preset": value}
+        return {"preset": value}
     if not isinstance(value, dict):
         _fail(path, "expected a preset name or a mapping of recipe fields (with optional 'preset')")
+    return value
+
+
+def _recipe(path: str, value: Any) -> dict[str, Any]:
+    from ..train.recipe import PRESETS, get_recipe
+
+    value = _recipe_mapping(path, value)
+    if not value:
+        return {}
     try:
         fields = {k: v for k, v in value.items() if k != "preset"}
         get_recipe(value.get("preset", "quick"), **fields)
@@ -370,20 +382,12 @@ def parse_spec(raw: Any, source: str = "<spec>", quick: bool = False) -> StudySp
             _fail(f"{p}.grid" if grid else p,
                   f"the study expands to {n_runs:,} runs so far (seeds x models x grid x data sets), "
                   f"more than the {MAX_RUNS:,} a study may hold; shrink the grid or split the study")  # fmt: skip
-        combos = [
-            dict(zip(grid, vals, strict=True)) for vals in itertools.product(*grid.values())
-        ] or [{}]
+        combos = _grid_points(grid)
         for j, m in enumerate(g["models"]):
             for combo in combos:
-                _validate_model(f"{p}.models[{j}]", ModelSpec(m.name, {**m.options, **combo}), {})
+                _validate_model(f"{p}.models[{j}]", _at(m, combo), {})
         if "recipe" in g:
-            own = g["recipe"] or {}
-            own = {"preset": own} if isinstance(own, str) else own
-            if not isinstance(own, dict):
-                _fail(
-                    f"{p}.recipe",
-                    "expected a preset name or a mapping of recipe fields (with optional 'preset')",
-                )
+            own = _recipe_mapping(f"{p}.recipe", g["recipe"] or None)
             g["recipe"] = _recipe(
                 f"{p}.recipe",
                 {**({"preset": recipe["preset"]} if "preset" in recipe else {}), **own},
@@ -407,8 +411,7 @@ def parse_spec(raw: Any, source: str = "<spec>", quick: bool = False) -> StudySp
                     _fail(f"{p}.analyses.{phase}[{j}]", f"{k!r} is listed twice; list it once")
         if "analysis_options" in g:
             # what run_analysis matches 'models' against: a run's label or its first word
-            shown = [ModelSpec(m.name, {**m.options, **c}, "" if c else m.label).display()
-                     for m in g["models"] for c in combos]  # fmt: skip
+            shown = [_at(m, c).display() for m in g["models"] for c in combos]
             labels = {*shown, *(x.split(" ")[0] for x in shown)}
             _analysis_options(f"{p}.analysis_options", g["analysis_options"], labels)
         if "subset" in g:

@@ -102,11 +102,7 @@ class Store:
             raise ValueError(
                 f"{folder} holds no study ({DB_NAME} missing); run `skiplab study --out {folder}` first"
             )
-        try:
-            store = cls(folder)
-            store.db.execute("SELECT count(*) FROM runs").fetchone()
-        except sqlite3.DatabaseError as err:
-            raise ValueError(f"{path} is not a readable study database ({err})") from None
+        store = cls(folder)  # a file that is not a study database is a ValueError there
         if store.meta("spec") is None:
             store.close()
             raise ValueError(
@@ -143,25 +139,26 @@ class Store:
         ``status`` (``running`` until it ends: a killed session keeps it) and ``provenance``."""
         return list(self.meta("sessions", []) or [])
 
-    def add_session(self, session: dict[str, Any]) -> int:
-        """Record the start of a session; returns its index for ``update_session``."""
+    @contextmanager
+    def _edit_sessions(self) -> Iterator[list[dict[str, Any]]]:
+        """The sessions list, read and written back in one transaction."""
         with self.transaction() as db:
             row = db.execute("SELECT value FROM study WHERE key = 'sessions'").fetchone()
             sessions = (json.loads(row[0]) if row else None) or []
-            sessions.append(session)
+            yield sessions
             db.execute(
                 "INSERT OR REPLACE INTO study VALUES ('sessions', ?)", (json.dumps(sessions),)
             )
+
+    def add_session(self, session: dict[str, Any]) -> int:
+        """Record the start of a session; returns its index for ``update_session``."""
+        with self._edit_sessions() as sessions:
+            sessions.append(session)
         return len(sessions) - 1
 
     def update_session(self, index: int, **fields: Any) -> None:
-        with self.transaction() as db:
-            row = db.execute("SELECT value FROM study WHERE key = 'sessions'").fetchone()
-            sessions = json.loads(row[0])
+        with self._edit_sessions() as sessions:
             sessions[index].update(fields)
-            db.execute(
-                "INSERT OR REPLACE INTO study VALUES ('sessions', ?)", (json.dumps(sessions),)
-            )
 
     # ------------------------------------------------------------------ runs
     def add_run(self, run_id: str, kind: str, spec: dict[str, Any]) -> None:

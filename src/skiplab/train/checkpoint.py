@@ -249,8 +249,8 @@ def restore_optimizer(opt: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
     params = {i: p for saved, group in zip(meta["param_groups"], opt.param_groups, strict=True)
               for i, p in zip(saved["params"], group["params"], strict=True)}  # fmt: skip
     for idx, values in sorted(state.items()):
+        p = params.get(idx)
         for name, v in values.items():
-            p = params.get(idx)
             if p is None or (
                 torch.is_tensor(v) and v.dim() > 0 and (v.shape != p.shape or v.dtype != p.dtype)
             ):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data.augment import AUGMENT_KINDS, parse_augment
-from ..models.layers import check_choice, invalid
+from ..models.layers import check_choice, check_positive_int, invalid
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("step", "cosine", "constant")
@@ -70,9 +70,7 @@ class Recipe:
             except ValueError:
                 raise invalid("recipe.augment", self.augment, AUGMENT_KINDS) from None
         for name in ("epochs", "batch_size", "eval_batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise invalid(f"recipe.{name}", v, "must be a positive integer")
+            check_positive_int(f"recipe.{name}", getattr(self, name))
         for name in (
             "lr",
             "momentum",
@@ -105,7 +103,7 @@ class Recipe:
                 self.warmup_epochs,
                 f"must be at most recipe.epochs ({self.epochs}); 0: no warm-up",
             )
-        if isinstance(self.milestones, str) or not isinstance(self.milestones, list | tuple):
+        if not isinstance(self.milestones, list | tuple):
             raise invalid(
                 "recipe.milestones", self.milestones, "must be a list of fractions in (0, 1)"
             )
