@@ -1,9 +1,11 @@
 """Finding residual units in any model, and a uniform view of their two paths.
 
-A unit is found automatically when it is a skiplab ``ResidualUnit`` with a shortcut, a
-torchvision ``BasicBlock``/``Bottleneck``, or any module with ``branch`` and ``shortcut``
-attributes. Other models name their units with ``blocks=[...]`` (module names as in
-``model.named_modules()``, or the modules themselves).
+A unit is found automatically when it is a skiplab ``ResidualUnit`` with a shortcut, one of
+torchvision's residual units (ResNet's ``BasicBlock``/``Bottleneck``; MobileNetV2/V3's
+``InvertedResidual`` and EfficientNet's ``MBConv``/``FusedMBConv`` where they have a skip,
+ConvNeXt's ``CNBlock``, RegNet's ``ResBottleneckBlock``), or any module with ``branch`` and
+``shortcut`` attributes. Other models name their units with ``blocks=[...]`` (module names as
+in ``model.named_modules()``, or the modules themselves).
 
 Every unit is seen through ``UnitView``:
 
@@ -17,7 +19,7 @@ and whatever the unit does after the addition).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def torchvision_unit_types() -> tuple[type, ...]:
-    """torchvision's residual units, ``(BasicBlock, Bottleneck)``."""
+    """torchvision's ResNet units, ``(BasicBlock, Bottleneck)``."""
     try:
         from torchvision.models.resnet import BasicBlock, Bottleneck
     except ImportError:  # pragma: no cover - torchvision is a dependency
@@ -39,26 +41,106 @@ def torchvision_unit_types() -> tuple[type, ...]:
     return (BasicBlock, Bottleneck)
 
 
+def torchvision_other_unit_types() -> tuple[type, ...]:
+    """torchvision's other residual units: MobileNetV2's and MobileNetV3's
+    ``InvertedResidual``, EfficientNet's ``MBConv`` and ``FusedMBConv``, ConvNeXt's
+    ``CNBlock`` and RegNet's ``ResBottleneckBlock`` (see ``TorchvisionPaths``)."""
+    try:
+        from torchvision.models.convnext import CNBlock
+        from torchvision.models.efficientnet import FusedMBConv, MBConv
+        from torchvision.models.mobilenetv2 import InvertedResidual as InvertedResidualV2
+        from torchvision.models.mobilenetv3 import InvertedResidual as InvertedResidualV3
+        from torchvision.models.regnet import ResBottleneckBlock
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return ()
+    return (
+        InvertedResidualV2,
+        InvertedResidualV3,
+        MBConv,
+        FusedMBConv,
+        CNBlock,
+        ResBottleneckBlock,
+    )
+
+
+def _keeps_forward(module: nn.Module, types: tuple[type, ...]) -> bool:
+    """``module`` is one of ``types``, subclasses included as long as they keep the forward."""
+    return isinstance(module, types) and type(module).forward in [t.forward for t in types]
+
+
 def unit_kind(module: nn.Module) -> str | None:
     """ "skiplab" for skiplab's ``ResidualUnit``, "torchvision" for torchvision's
-    ``BasicBlock``/``Bottleneck``, subclasses included as long as they keep that class's
-    ``forward`` (the analyses read a unit's paths from its parts, assuming that forward);
-    None otherwise (other units follow the ``branch``/``shortcut`` protocol)."""
+    ``BasicBlock``/``Bottleneck``, "torchvision-other" for its other residual units
+    (``torchvision_other_unit_types``), subclasses included as long as they keep that
+    class's ``forward`` (the analyses read a unit's paths from its parts, assuming that
+    forward); None otherwise (other units follow the ``branch``/``shortcut`` protocol)."""
     if isinstance(module, ResidualUnit):
         return "skiplab" if type(module).forward is ResidualUnit.forward else None
-    tv = torchvision_unit_types()
-    if isinstance(module, tv) and type(module).forward in [t.forward for t in tv]:
+    if _keeps_forward(module, torchvision_unit_types()):
         return "torchvision"
+    if _keeps_forward(module, torchvision_other_unit_types()):
+        return "torchvision-other"
     return None
+
+
+@dataclass(frozen=True)
+class TorchvisionPaths:
+    """One of torchvision's other residual units as its class's forward computes it:
+    ``post(shortcut(x) + branch(x))`` when ``skip``, else ``branch(x)`` alone.
+
+    - MobileNetV2 ``InvertedResidual``: ``x + conv(x)`` when ``use_res_connect``;
+    - MobileNetV3 ``InvertedResidual``, EfficientNet ``MBConv``/``FusedMBConv``:
+      ``x + stochastic_depth(block(x))`` when ``use_res_connect`` (stochastic depth is the
+      identity in eval mode);
+    - ConvNeXt ``CNBlock``: ``x + stochastic_depth(layer_scale * block(x))``;
+    - RegNet ``ResBottleneckBlock``: ``activation(proj(x) + f(x))``, ``proj`` the identity
+      when None.
+
+    All but RegNet's add nothing after the addition (MobileNetV2's linear bottlenecks)."""
+
+    skip: bool
+    shortcut: Callable[[Tensor], Tensor]
+    branch: Callable[[Tensor], Tensor]
+    post: nn.Module | None = None
+
+    @classmethod
+    def of(cls, m: nn.Module) -> TorchvisionPaths:
+        """The paths of ``m``, a unit of kind "torchvision-other"."""
+        from torchvision.models.convnext import CNBlock
+        from torchvision.models.mobilenetv2 import InvertedResidual as InvertedResidualV2
+        from torchvision.models.mobilenetv3 import InvertedResidual as InvertedResidualV3
+        from torchvision.models.regnet import ResBottleneckBlock
+
+        def identity(x: Tensor) -> Tensor:
+            return x
+
+        if isinstance(m, ResBottleneckBlock):
+            return (
+                cls(True, identity, m.f, m.activation)
+                if m.proj is None
+                else cls(True, m.proj, m.f, m.activation)
+            )
+        if isinstance(m, CNBlock):
+            return cls(True, identity, lambda x: m.stochastic_depth(m.layer_scale * m.block(x)))
+        if isinstance(m, InvertedResidualV2):
+            return cls(bool(m.use_res_connect), identity, m.conv)
+        if isinstance(m, InvertedResidualV3):
+            return cls(bool(m.use_res_connect), identity, m.block)
+        # EfficientNet's MBConv / FusedMBConv: stochastic depth where there is a skip
+        if m.use_res_connect:
+            return cls(True, identity, lambda x: m.stochastic_depth(m.block(x)))
+        return cls(False, identity, m.block)
 
 
 def overrides_forward(module: nn.Module) -> bool:
     """A subclass of skiplab's or torchvision's units with a ``forward`` of its own: its
     paths cannot be read from its parts (even a wrapper that logs and calls
     ``super().forward`` is not known to compute what its parts say)."""
-    return (
-        isinstance(module, (ResidualUnit, *torchvision_unit_types())) and unit_kind(module) is None
-    )
+    return isinstance(module, _known_unit_types()) and unit_kind(module) is None
+
+
+def _known_unit_types() -> tuple[type, ...]:
+    return (ResidualUnit, *torchvision_unit_types(), *torchvision_other_unit_types())
 
 
 def is_unit(module: nn.Module, include_plain: bool = False) -> bool:
@@ -69,7 +151,9 @@ def is_unit(module: nn.Module, include_plain: bool = False) -> bool:
         return include_plain or module.shortcut is not None
     if kind == "torchvision":
         return True
-    if isinstance(module, (ResidualUnit, *torchvision_unit_types())):  # with a forward of its own
+    if kind == "torchvision-other":
+        return TorchvisionPaths.of(module).skip
+    if isinstance(module, _known_unit_types()):  # with a forward of its own
         return False
     return isinstance(getattr(module, "branch", None), nn.Module) and hasattr(module, "shortcut")
 
@@ -87,6 +171,8 @@ class UnitView:
             return m.shortcut_path(x)
         if unit_kind(m) == "torchvision":
             return x if m.downsample is None else m.downsample(x)
+        if unit_kind(m) == "torchvision-other":
+            return TorchvisionPaths.of(m).shortcut(x)
         return x if m.shortcut is None else m.shortcut(x)
 
     def branch(self, x: Tensor) -> Tensor:
@@ -99,6 +185,8 @@ class UnitView:
             if hasattr(m, "conv3"):
                 out = m.bn3(m.conv3(m.relu(out)))
             return out
+        if unit_kind(m) == "torchvision-other":
+            return TorchvisionPaths.of(m).branch(x)
         return m.branch(x)
 
     def finish(self, shortcut: Tensor, branch: Tensor, x: Tensor) -> Tensor:
@@ -108,7 +196,7 @@ class UnitView:
             return m.combine(shortcut, branch, x)
         if unit_kind(m) == "torchvision":
             return m.relu(shortcut + branch)
-        post = getattr(m, "post", None)
+        post = self._post()
         out = shortcut + branch
         return post(out) if callable(post) else out
 
@@ -119,7 +207,14 @@ class UnitView:
             return isinstance(m.post, nn.Identity) and m.gate is None
         if unit_kind(m) == "torchvision":
             return False
-        return getattr(m, "post", None) is None
+        return self._post() is None
+
+    def _post(self) -> Any:
+        """What a unit of torchvision's other kinds or of the ``branch``/``shortcut``
+        protocol does after the addition (None: nothing)."""
+        if unit_kind(self.module) == "torchvision-other":
+            return TorchvisionPaths.of(self.module).post
+        return getattr(self.module, "post", None)
 
 
 def find_units(
@@ -177,6 +272,12 @@ def find_units(
                 break
             if overrides_forward(v.module):
                 raise ValueError(_overridden(v.module, f"invalid blocks entry {v.name!r}"))
+            if unit_kind(v.module) == "torchvision-other" and not is_unit(v.module):
+                raise ValueError(
+                    f"invalid blocks entry {v.name!r}: this {type(v.module).__name__} has no "
+                    "skip (use_res_connect is False: its input and output differ in shape or "
+                    "stride), so it is not a residual unit; name only units with a skip"
+                )
             if not is_unit(v.module):
                 raise ValueError(
                     f"invalid blocks entry {v.name!r}: {type(v.module).__name__} has no "
@@ -211,7 +312,8 @@ def find_units(
             )
         raise ValueError(
             f"no residual units found in {type(model).__name__}: skiplab finds its own units and "
-            "torchvision's BasicBlock/Bottleneck; name others with blocks=[...] (modules with "
+            "torchvision's residual units (ResNet, MobileNet, EfficientNet, ConvNeXt, RegNet); "
+            "name others with blocks=[...] (modules with "
             "'branch' and 'shortcut' attributes; skiplab analyze: --blocks NAME,NAME)"
         )
     return views
@@ -249,7 +351,7 @@ def check_view(view: UnitView, x: Tensor, y: Tensor) -> None:
 
 
 def _overridden(module: nn.Module, what: str) -> str:
-    base = next(t for t in (ResidualUnit, *torchvision_unit_types()) if isinstance(module, t))
+    base = next(t for t in _known_unit_types() if isinstance(module, t))
     return (
         f"{what}: {type(module).__name__} subclasses {base.__name__} but has a forward of its "
         "own, so skiplab cannot tell its paths from its parts; keep the base forward (log "

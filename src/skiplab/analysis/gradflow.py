@@ -25,7 +25,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .batches import LABEL_DTYPES, check_class_targets, class_scores
-from .blocks import UnitView, find_units, run_model, torchvision_unit_types
+from .blocks import (
+    UnitView,
+    find_units,
+    run_model,
+    torchvision_other_unit_types,
+    torchvision_unit_types,
+)
 from .result import Result, new_axes
 
 log = logging.getLogger(__name__)
@@ -318,11 +324,14 @@ def _inputs(x: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
 
 
 def _is_residual(unit: UnitView) -> bool:
-    """Whether the unit has a skip: a shortcut that is not None, or torchvision's blocks;
-    a named submodule of another kind (``blocks=["0", ...]``) has none."""
+    """Whether the unit has a skip: a shortcut that is not None, or torchvision's residual
+    units (with ``use_res_connect`` where they have it); a named submodule of another kind
+    (``blocks=["0", ...]``) has none."""
     m = unit.module
     if hasattr(m, "shortcut"):
         return m.shortcut is not None
+    if isinstance(m, torchvision_other_unit_types()):  # subclasses with a forward of their own too
+        return bool(getattr(m, "use_res_connect", True))
     return isinstance(m, torchvision_unit_types())
 
 

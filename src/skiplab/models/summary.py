@@ -69,13 +69,23 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> M
     shortcuts = Counter(u.shortcut_kind for u in units)
     placements = Counter(u.placement for u in units)
     if not units:  # torchvision's blocks, or units of the branch/shortcut protocol
-        from ..analysis.blocks import find_units, unit_kind  # analysis builds on models
+        from ..analysis.blocks import (  # analysis builds on models
+            TorchvisionPaths,
+            find_units,
+            unit_kind,
+        )
 
         for view in find_units(model, required=False):
             m = view.module
             if unit_kind(m) == "torchvision":  # He et al. 2015: ReLU after the addition
                 shortcuts["identity" if m.downsample is None else "projection"] += 1
                 placements["original"] += 1
+            elif unit_kind(m) == "torchvision-other":
+                paths = TorchvisionPaths.of(m)
+                projection = getattr(m, "proj", None) is not None  # RegNet
+                shortcuts["projection" if projection else "identity"] += 1
+                if paths.post is not None:  # RegNet: an activation after the addition
+                    placements["original"] += 1
             else:
                 shortcuts["identity" if m.shortcut is None else type(m.shortcut).__name__] += 1
             units.append(m)
