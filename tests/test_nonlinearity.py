@@ -108,6 +108,8 @@ def test_result_contract() -> None:
     assert r.plot().get_ylabel() == "NLC"
     with pytest.raises(ValueError, match="at least 2"):
         nlc_of(torch.tanh, torch.randn(1, 3))
+    with pytest.raises(ValueError, match="all 4 input points are the same"):
+        nonlinearity_coefficient(nn.Tanh(), torch.ones(4, 3))
     with pytest.raises(ValueError, match="invalid chunk=0"):
         nonlinearity_coefficient(nn.Linear(3, 3), torch.randn(4, 3), chunk=0)
 
@@ -165,3 +167,104 @@ def test_no_torch_internal_warnings_reach_the_caller() -> None:
         warnings.simplefilter("error", FutureWarning)
         r = nonlinearity_coefficient(model, torch.randn(4, 1, 8, 8))
     assert r.value > 1.0
+
+
+class Centre(nn.Module):
+    """Subtracts the batch mean: affine in the batch as a whole, not per sample."""
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return x - x.mean(0, keepdim=True)
+
+
+@pytest.mark.parametrize("layer", ["centre", "batch-stats-bn"])
+def test_models_that_mix_the_batch_are_an_error(layer: str) -> None:
+    # The NLC's Jacobian is per point; moving every point along a tangent leaves
+    # x - mean(x) unchanged, so without the check these gave NLC 0 without a word.
+    mix = Centre() if layer == "centre" else nn.BatchNorm1d(3, track_running_stats=False)
+    model = nn.Sequential(nn.Linear(3, 3), mix).double().train()
+    x = torch.randn(8, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="the model to map each of the 8 input points") as err:
+        nonlinearity_coefficient(model, x)
+    assert "output for one point changes with the other points" in str(err.value)
+    assert model.training  # mode restored after the error
+
+
+def test_train_mode_batchnorm_is_measured_in_eval_mode() -> None:
+    # In training mode BatchNorm mixes the batch; the NLC runs the model in eval mode
+    # (running statistics: affine, NLC 1) and leaves mode and statistics as they were.
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)).double().train()
+    stats = model[1].running_mean.clone()
+    r = nonlinearity_coefficient(model, torch.randn(8, 3, dtype=torch.float64))
+    assert r.value == pytest.approx(1.0, abs=1e-10)
+    assert model.training and torch.equal(model[1].running_mean, stats)
+
+
+def test_output_without_a_row_per_point_is_an_error() -> None:
+    class Loss(nn.Module):
+        def forward(self, x):  # noqa: ANN001, ANN201
+            return x.pow(2).sum()
+
+    with pytest.raises(ValueError, match=r"its output has shape \(\), not \[4, \.\.\.\]"):
+        nonlinearity_coefficient(Loss(), torch.randn(4, 3))
+
+
+def test_a_recurrent_layer_along_the_batch_dimension_is_an_error() -> None:
+    # nn.LSTM without batch_first reads [T, N, ...]: dim 0 is time, so "point" t depends
+    # on points 0..t-1 (point 0 on none of them: the check must look at the last too).
+    class Steps(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.RNN(3, 4)
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            return self.rnn(x)[0]
+
+    with pytest.raises(ValueError, match="changes with the other points"):
+        nonlinearity_coefficient(Steps(), torch.randn(5, 2, 3))
+
+
+def test_scalar_points_and_outputs() -> None:
+    # x [N] (one number per point) and outputs [N] (a squeezed regression head) are points
+    # too: the same NLC as with a trailing dimension of 1.
+    torch.manual_seed(0)
+    x = torch.randn(500, dtype=torch.float64)
+    assert nlc_of(torch.relu, x) == pytest.approx(nlc_of(torch.relu, x[:, None]), rel=1e-12)
+
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 1)
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            return self.fc(x).squeeze(1)
+
+    r = nonlinearity_coefficient(Head().double(), torch.randn(8, 3, dtype=torch.float64))
+    assert r.value == pytest.approx(1.0, abs=1e-10)
+
+
+def test_half_precision_inputs() -> None:
+    # eigh/svd have no bfloat16 kernels: the tangents are computed in float32
+    model = nn.Linear(3, 3).bfloat16()
+    r = nonlinearity_coefficient(model, torch.randn(16, 3).bfloat16())
+    assert r.value == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_unit_that_mixes_its_rows_gets_nan_and_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A seq-first layer inside a batch-first model: the unit sees [T, N, E] (rows are
+    # time steps, mixed by attention); the model maps each point on its own.
+    class SeqFirst(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.TransformerEncoderLayer(4, 1, 8, dropout=0.0)
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            return self.layer(x.transpose(0, 1)).transpose(0, 1)
+
+    model = SeqFirst().double()
+    caplog.set_level(logging.WARNING)
+    r = nonlinearity_coefficient(model, torch.randn(6, 3, 4, dtype=torch.float64), blocks=["layer"])
+    assert r.value > 1.0 and math.isnan(r.per_unit[0]["nlc"])
+    assert "per-unit NLC of 'layer' is NaN" in caplog.text
+    assert "changes with the other points" in caplog.text

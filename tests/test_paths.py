@@ -9,6 +9,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torch.nn import functional as F
 
 import skiplab
 from skiplab.analysis.paths import PathSpectrum, path_spectrum
@@ -120,6 +121,47 @@ def test_batchnorm_train_is_nonlinear_eval_is_linear() -> None:
     assert (r.min, r.max) == (2 + 9, 2 + 9 * 4)
 
 
+def test_instance_norm_with_running_statistics_is_linear_in_eval() -> None:
+    # Like BatchNorm: in eval mode with running statistics an affine map; with the input's
+    # own statistics (training, or no running statistics) a nonlinearity.
+    x = torch.randn(2, 3, 4, 4)
+    tracked = nn.Sequential(nn.Conv2d(3, 3, 1), nn.InstanceNorm2d(3, track_running_stats=True))
+    assert path_spectrum(tracked.eval(), x).counts == {0: 1}
+    assert path_spectrum(tracked.train(), x).counts == {1: 1}
+    assert path_spectrum(nn.InstanceNorm2d(3).eval(), x).counts == {1: 1}
+
+
+class Im2col(nn.Module):
+    """A 3x3 conv written as unfold + matmul, and a sliding-window sum via Tensor.unfold
+    and fold: all linear (what a conv does with its input)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cols = F.unfold(x, 3, padding=1)  # [N, 2*9, 16]
+        y = (self.conv.weight.flatten(1) @ cols).unflatten(2, (4, 4))
+        z = F.fold(cols, (4, 4), 3, padding=1) + x.unfold(3, 1, 1).squeeze(-1)
+        return y + torch.relu(z)
+
+
+def test_im2col_is_linear() -> None:
+    # y: the input through the unfold (one path), z: through fold and through Tensor.unfold
+    r = path_spectrum(Im2col(), torch.randn(1, 2, 4, 4))
+    assert r.counts == {0: 1, 1: 2} and r.unknown_ops == []
+
+
+def test_buffers_restored_when_only_a_submodule_trains() -> None:
+    # model.eval() then one BatchNorm back in training mode (as when fine-tuning it alone)
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)).eval()
+    model[1].train()
+    r = path_spectrum(model, 5 * torch.randn(4, 3) + 3)
+    assert r.nonlinear_ops == {"batch_norm (training)": 1}
+    assert torch.equal(model[1].running_mean, torch.zeros(3))
+    assert int(model[1].num_batches_tracked) == 0
+
+
 # --------------------------------------------------------------------------- toys
 
 
@@ -178,14 +220,56 @@ class Unknown(nn.Module):
         self.fc = nn.Linear(4, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + torch.special.erf(self.fc(x)) + torch.sort(x, dim=1).values
+        return x + torch.special.bessel_j0(self.fc(x)) + torch.sort(x, dim=1).values
 
 
 def test_unknown_ops_listed_and_counted_nonlinear() -> None:
     r = path_spectrum(Unknown(), torch.randn(2, 4))
-    assert r.unknown_ops == ["sort", "special_erf"]
+    assert r.unknown_ops == ["sort", "special_bessel_j0"]
     assert r.counts == {0: 1, 1: 2}
     assert "unknown ops" in r.summary()
+
+
+class Maths(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+        return torch.erf(x) + torch.atan(x) + norm + x.round() * x  # round(x): a step, a mask
+
+
+def test_common_maths_is_known() -> None:
+    # four single nonlinearities (x * round(x) is a gate, like x * sign(x)); none unknown
+    r = path_spectrum(Maths(), torch.randn(2, 4))
+    assert r.counts == {1: 4} and r.unknown_ops == []
+
+
+class Recurrent(nn.Module):
+    """A one-layer tanh RNN over the time steps of x [N, T, 3]: fused, or written out."""
+
+    def __init__(self, written: bool) -> None:
+        super().__init__()
+        self.written = written
+        self.rnn = nn.RNN(3, 4, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.written:
+            return self.rnn(x)[1][0]  # h_T
+        h = x.new_zeros(x.shape[0], 4)  # h_0: a constant, no paths
+        for t in range(x.shape[1]):
+            h = torch.tanh(x[:, t] @ self.rnn.weight_ih_l0.T + h @ self.rnn.weight_hh_l0.T)
+        return h
+
+
+def test_recurrent_layers_say_they_were_not_counted(caplog: pytest.LogCaptureFixture) -> None:
+    r = path_spectrum(Recurrent(written=False), torch.randn(2, 5, 3))
+    assert r.unknown_ops == ["rnn_tanh"]
+    assert "not counted: the paths inside the recurrent layers (rnn_tanh)" in r.summary()
+    assert "write the cell out" in r.summary()
+    assert "recurrent layers of Recurrent" in caplog.text
+    # Written out, h_t = tanh(W x_t + U h_{t-1}) has one path through each x_s, s <= t,
+    # with t - s + 1 tanh on it: h_T has one path with k tanh for k = 1..T.
+    r = path_spectrum(Recurrent(written=True), torch.randn(2, 5, 3))
+    assert r.counts == {k: 1 for k in range(1, 6)} and r.unknown_ops == []
+    assert "recurrent" not in r.summary()
 
 
 class Ops(nn.Module):
@@ -208,6 +292,28 @@ def test_tensor_idioms() -> None:
     # a: linear (1 path, 0); b: x directly (div: 1) and x via norm (norm + div: 2); c: 0.
     assert r.counts == {0: 2, 1: 1, 2: 1}
     assert r.unknown_ops == []
+
+
+class Pieces(nn.Module):
+    """Cut x [N, 4] in two halves, by slicing or with chunk, and join or multiply them."""
+
+    def __init__(self, cut: str, join: str) -> None:
+        super().__init__()
+        self.cut, self.join = cut, join
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = (x[:, :2], x[:, 2:]) if self.cut == "slice" else x.chunk(2, dim=1)
+        if self.join == "mul":
+            return a * b
+        return torch.cat([torch.relu(a) if self.join == "relu-cat" else a, b], 1)
+
+
+@pytest.mark.parametrize("cut", ["slice", "chunk"])
+def test_paths_join_tensors_not_elements(cut: str) -> None:
+    # As the module docstring says: each piece carries all of x's paths, however cut.
+    assert path_spectrum(Pieces(cut, "cat"), torch.randn(2, 4)).counts == {0: 2}
+    assert path_spectrum(Pieces(cut, "relu-cat"), torch.randn(2, 4)).counts == {0: 1, 1: 1}
+    assert path_spectrum(Pieces(cut, "mul"), torch.randn(2, 4)).counts == {1: 2}
 
 
 def test_huge_counts_stay_exact() -> None:
@@ -271,6 +377,58 @@ def test_blocks_report_paths_through_a_module() -> None:
     assert branch.counts == {3 + 2 * k: math.comb(8, k) for k in range(9)}
 
 
+class Chunked(nn.Linear):
+    """A block with two outputs cut from one op."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return super().forward(x).chunk(2, dim=-1)
+
+
+class Halves(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = Chunked(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.block(x)
+        return torch.relu(a) + b
+
+
+def test_blocks_with_several_outputs_from_one_op() -> None:
+    # Every path crosses the block, by either of its outputs.
+    r = path_spectrum(Halves(), torch.randn(2, 4), blocks=["block"])
+    assert r.counts == {0: 1, 1: 1} and r.through[0].counts == r.counts
+
+
+class TwoOutputs(nn.Module):
+    """A block that returns h and relu(h): the second is computed from the first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.fc(x)
+        return h, torch.relu(h)
+
+
+def test_blocks_with_outputs_computed_from_each_other() -> None:
+    # out = h + relu(h) + x: paths through the block are z^0 + z^1 (the path via relu(h)
+    # also crosses h, and counts once); the skip around it, one more z^0.
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = TwoOutputs()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h, r = self.block(x)
+            return h + r + x
+
+    r = path_spectrum(Net(), torch.randn(2, 4), blocks=["block"])
+    assert r.counts == {0: 2, 1: 1}
+    assert r.through[0].counts == {0: 1, 1: 1}
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -319,6 +477,26 @@ class Constant(nn.Module):
 def test_output_not_reachable() -> None:
     with pytest.raises(ValueError, match="does not depend on the input"):
         path_spectrum(Constant(), torch.randn(2, 3))
+
+
+class Steps(nn.Module):
+    """Reads the input only through a step: a comparison, or floats cast to token ids."""
+
+    def __init__(self, cast: bool) -> None:
+        super().__init__()
+        self.cast, self.embed = cast, nn.Embedding(10, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x.long()) if self.cast else (x > 0).float()
+
+
+@pytest.mark.parametrize("cast", [False, True])
+def test_output_reached_only_through_steps_says_so(cast: bool) -> None:
+    x = torch.randint(0, 10, (2, 3))
+    with pytest.raises(ValueError, match="only through step functions"):
+        path_spectrum(Steps(cast), x.float())
+    if cast:  # integer ids are the input itself: the lookup is linear in the one-hot
+        assert path_spectrum(Steps(cast), x).counts == {0: 1}
 
 
 class NumpyBranch(nn.Module):

@@ -58,6 +58,63 @@ def test_googlenet_max_pool_branches() -> None:
     assert r.nonlinear_ops == {"max_pool2d": 13, "relu": 57}
 
 
+class SegNet(nn.Module):
+    """Two-level SegNet (Badrinarayanan et al. 2017): the decoder unpools with the
+    encoder's max-pool indices; a short skip around the first decoder conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(2 if i else 1, 2, 3, padding=1) for i in range(5))
+        self.pool = nn.MaxPool2d(2, return_indices=True)
+        self.unpool = nn.MaxUnpool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.convs
+        h1, i1 = self.pool(torch.relu(c[0](x)))  # relu, max-pool: 2
+        h2, i2 = self.pool(torch.relu(c[1](h1)))  # 4
+        u2 = self.unpool(torch.relu(c[2](h2)), i2)  # relu: 5; unpooling is linear
+        d2 = torch.relu(c[3](u2)) + u2  # 6 or 5
+        return c[4](self.unpool(d2, i1))
+
+
+def test_segnet_unpooling_is_linear_and_indices_carry_no_paths() -> None:
+    # Paths: 5 ReLU/max-pool layers, and the skip around the sixth: z^5 + z^6. The indices
+    # are a mask (no paths), max_unpool a scatter, linear in the values it places.
+    r = path_spectrum(SegNet().eval(), torch.randn(1, 1, 8, 8))
+    assert r.counts == {5: 1, 6: 1}
+    assert r.unknown_ops == []
+    assert r.nonlinear_ops == {"max_pool2d_with_indices": 2, "relu": 4}
+
+
+class Unpool(nn.Module):
+    """Keep each window's maximum, zero the rest: with max_unpool, or written as a gate."""
+
+    def __init__(self, written: bool) -> None:
+        super().__init__()
+        self.written = written
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.written:
+            top = F.interpolate(F.max_pool2d(x, 2), scale_factor=2.0)
+            return x * (x == top)
+        return F.max_unpool2d(*F.max_pool2d(x, 2, return_indices=True), 2)
+
+
+@pytest.mark.parametrize("written", [False, True])
+def test_max_unpool_counts_as_the_gate_it_is(written: bool) -> None:
+    r = path_spectrum(Unpool(written), torch.randn(1, 1, 4, 4))
+    assert r.counts == {1: 1} and r.unknown_ops == []
+
+
+def test_indices_of_a_max_carry_no_paths() -> None:
+    class Top(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            values, idx = x.max(dim=1, keepdim=True)  # max: 1; idx: a mask
+            return values + x.gather(1, idx)  # gather by a mask: a gate, 1
+
+    assert path_spectrum(Top(), torch.randn(2, 4)).counts == {1: 2}
+
+
 # --------------------------------------------------------------------------- attention
 
 
@@ -70,18 +127,22 @@ class Attention(nn.Module):
         self.kind = kind
         self.q, self.k, self.v = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
         self.mha = nn.MultiheadAttention(4, 2, batch_first=True)
+        self.qkv = nn.Linear(4, 12)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "written":
             a = torch.softmax(self.q(x) @ self.k(x).transpose(-1, -2) / 2.0, dim=-1)
             return a @ self.v(x)
+        if self.kind == "chunked":  # one projection, cut in three
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            return torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1) @ v
         if self.kind == "sdpa":
             return F.scaled_dot_product_attention(self.q(x), self.k(x), self.v(x))
         out, weights = self.mha(x, x, x)
         return weights if self.kind == "weights" else out
 
 
-@pytest.mark.parametrize("kind", ["written", "sdpa", "mha"])
+@pytest.mark.parametrize("kind", ["written", "chunked", "sdpa", "mha"])
 def test_attention_counts_the_same_however_written(kind: str) -> None:
     # softmax(q k^T) v: via v one product; via q (or k) the product q k^T, the softmax
     # and the product with v: z + 2 z^3.

@@ -12,8 +12,11 @@ t_r = s_r v_r / sqrt(N) (rank <= min(N - 1, D)), so
 
     tr(J Σ_x J^T) = sum_r |J t_r|^2,
 
-one Jacobian-vector product per tangent, each evaluated at all N points at once (the
-model is in eval mode, so it maps each sample on its own). The tangents are batched with
+one Jacobian-vector product per tangent, each evaluated at all N points at once. That
+needs a model that maps each point on its own: it runs in eval mode, and a model that
+still mixes the batch (BatchNorm with ``track_running_stats=False``, a mean over dim 0)
+is an error, found with one vector-Jacobian product (it would give a wrong NLC, 0 for
+``x - x.mean(0)``). The tangents are batched with
 ``torch.func.vmap`` over ``torch.func.jvp`` (forward mode); where an op has no
 forward-mode rule, the JVP falls back to the double-backward trick.
 """
@@ -42,8 +45,10 @@ log = logging.getLogger(__name__)
 
 def _tangents(x: Tensor, rtol: float = 1e-10) -> Tensor:
     """Tangents t_r with sum_r t_r t_r^T = Σ_x (population covariance), ``[R, *x.shape[1:]]``."""
-    n = x.shape[0]
-    c = (x - x.mean(0, keepdim=True)).flatten(1)  # [N, D]
+    n, dtype = x.shape[0], x.dtype
+    if dtype not in (torch.float32, torch.float64):  # eigh/svd have no half-precision kernels
+        x = x.float()
+    c = (x - x.mean(0, keepdim=True)).reshape(n, -1)  # [N, D]; x may be [N] (scalar points)
     if c.shape[1] <= n:  # D small: eigen-decomposition of the D x D covariance
         cov = c.T @ c / n
         evals, evecs = torch.linalg.eigh(cov)
@@ -53,7 +58,7 @@ def _tangents(x: Tensor, rtol: float = 1e-10) -> Tensor:
         _u, s, vh = torch.linalg.svd(c, full_matrices=False)
         keep = s > math.sqrt(rtol) * s.max().clamp_min(torch.finfo(c.dtype).tiny)
         t = s[keep, None] * vh[keep] / math.sqrt(n)  # [R, D]
-    return t.reshape(-1, *x.shape[1:])
+    return t.reshape(-1, *x.shape[1:]).to(dtype)
 
 
 def _jvp_sq_norms(f: Callable[[Tensor], Tensor], x: Tensor, tangents: Tensor, chunk: int) -> Tensor:
@@ -61,7 +66,7 @@ def _jvp_sq_norms(f: Callable[[Tensor], Tensor], x: Tensor, tangents: Tensor, ch
 
     def one(t: Tensor) -> Tensor:
         _out, jt = torch.func.jvp(f, (x,), (t.expand_as(x),))
-        return jt.detach().flatten(1).pow(2).sum(1)  # [N]
+        return jt.detach().reshape(jt.shape[0], -1).pow(2).sum(1)  # [N]
 
     try:
         sq = torch.func.vmap(one, chunk_size=chunk)(tangents)  # [R, N]
@@ -79,8 +84,65 @@ def _jvp_sq_norms(f: Callable[[Tensor], Tensor], x: Tensor, tangents: Tensor, ch
             t = tangents[start : start + chunk]
             t = t.unsqueeze(1).expand(-1, *x.shape)  # [r, N, ...]
             (jt,) = torch.autograd.grad(u, v, t, retain_graph=True, is_grads_batched=True)
-            total += jt.detach().flatten(2).pow(2).sum(2).sum(0)
+            total += jt.detach().reshape(*jt.shape[:2], -1).pow(2).sum(2).sum(0)
     return total
+
+
+class NotPerPointError(ValueError):
+    """A map whose output for one point depends on other points: no per-point Jacobian."""
+
+
+def _unit_nlc(unit: Any, x: Tensor, chunk: int) -> float:
+    """A unit's NLC; NaN, with a warning, for a unit that does not map its inputs row by
+    row (a seq-first ``nn.TransformerEncoderLayer`` gets [T, N, E]): the whole model's NLC
+    still stands."""
+    try:
+        return nlc_of(unit.module, x, chunk=chunk, what=f"unit {unit.name!r}")
+    except NotPerPointError as err:
+        log.warning("per-unit NLC of %r is NaN: %s", unit.name, err)
+        return math.nan
+
+
+def _why_not_per_sample(out: Tensor, x: Tensor) -> str:
+    if out.ndim == 0 or out.shape[0] != x.shape[0]:
+        return f"its output has shape {tuple(out.shape)}, not [{x.shape[0]}, ...]"
+    return (
+        "the output for one point changes with the other points: a layer mixes the batch "
+        "(BatchNorm with track_running_stats=False, a mean over dim 0, attention or a "
+        "recurrent layer run along it)"
+    )
+
+
+def _mixes_samples(f: Callable[[Tensor], Tensor], x: Tensor) -> bool:
+    """Whether the output for the first or the last point depends on the other points (two
+    VJPs; one end alone would miss a causal mix, such as a recurrent layer run over the
+    batch dimension): the NLC's Jacobian is per point, and ``_jvp_sq_norms`` moves all
+    points at once."""
+    gen = torch.Generator().manual_seed(0)  # a random cotangent: no accidental cancellation
+    try:
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            out = f(xg)
+            if not out.requires_grad:
+                return False
+            grads = []
+            for i in (0, len(out) - 1):
+                v = torch.randn(out.shape[1:], generator=gen, dtype=out.dtype).to(out.device)
+                (g,) = torch.autograd.grad(
+                    (out[i] * v).sum(), xg, retain_graph=True, allow_unused=True
+                )
+                grads.append((i, g))
+    except (RuntimeError, NotImplementedError) as err:  # no backward: the JVP decides
+        log.debug("could not check that the points are independent: %s", err)
+        return False
+    for i, g in grads:
+        if g is None:
+            continue
+        own = g[i].abs().max()
+        others = torch.cat([g[:i], g[i + 1 :]]).abs().max()
+        if (others > 1e-6 * own) if own > 0 else (others > 0):
+            return True
+    return False
 
 
 def nlc_of(
@@ -107,7 +169,14 @@ def nlc_of(
             f"the NLC needs {what} to return a floating-point tensor, got {got}; wrap it in a "
             "module whose forward returns one tensor (e.g. the logits)"
         )
-    var_out = (out - out.mean(0, keepdim=True)).flatten(1).pow(2).sum(1).mean()  # tr(Σ_f)
+    if out.ndim == 0 or out.shape[0] != x.shape[0] or _mixes_samples(f, x):
+        raise NotPerPointError(
+            f"the NLC needs {what} to map each of the {x.shape[0]} input points on its own "
+            f"(its Jacobian is taken per point), but {_why_not_per_sample(out, x)}; make "
+            "output row i depend on input row i only (in eval mode, BatchNorm with running "
+            "statistics does)"
+        )
+    var_out = (out - out.mean(0, keepdim=True)).reshape(len(out), -1).pow(2).sum(1).mean()
     tangents = _tangents(x)
     if tangents.shape[0] == 0:
         return math.nan
@@ -206,12 +275,20 @@ def nonlinearity_coefficient(
         x: the input points ``[N, ...]``, N >= 2: their covariance is Σ_x. Cost: one
             forward-mode pass over the batch per tangent, min(N - 1, D) tangents.
         chunk: tangents evaluated at once (memory: ``chunk`` x the activations of x).
+
+    Raises ``ValueError`` when the model (or a unit) does not map each point on its own
+    in eval mode, or has no derivatives to take.
     """
     check_positive_int("chunk", chunk)
     if not isinstance(x, Tensor):
         raise ValueError(
             f"invalid x of type {type(x).__name__}: the NLC takes one batch of input points "
             "[N, ...] (for a model with several inputs, wrap it in a module that takes one tensor)"
+        )
+    if x.ndim and len(x) >= 2 and x.is_floating_point() and bool((x == x[:1]).all()):
+        raise ValueError(
+            f"invalid x: all {len(x)} input points are the same, so their covariance Σ_x is "
+            "0 and the NLC is 0/0; give points that differ (a batch of real or random inputs)"
         )
     if blocks is not None:
         units = find_units(model, blocks, opaque=True)
@@ -224,7 +301,7 @@ def nonlinearity_coefficient(
         per_unit = [
             {
                 "name": u.name,
-                "nlc": nlc_of(u.module, records[i][0], chunk=chunk, what=f"unit {u.name!r}"),
+                "nlc": _unit_nlc(u, records[i][0], chunk),
             }
             for i, u in enumerate(units)
         ]

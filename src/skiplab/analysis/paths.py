@@ -14,6 +14,15 @@ dynamic programming over the traced graph (never enumerating them): the spectrum
 op's output is the sum of the spectra of its data-dependent inputs, shifted by one when
 the op is nonlinear. Counts are Python ints (a 1001-layer ResNet has 2^333 paths).
 
+Paths join tensors, not their elements: a slice carries all the paths of the tensor it
+was cut from. So ``torch.cat([x[:, :2], x[:, 2:]], 1)`` has 2 paths with 0
+nonlinearities (though each of its elements is reached by one), and
+``torch.cat([relu(x[:, :2]), x[:, 2:]], 1)`` has one path with 0 and one with 1, though no
+element has both. Splitting a tensor into n pieces and joining them again multiplies its
+paths by n. Likewise a conv or linear layer passes each path on once, not once per
+weight: the spectrum is that of the graph of tensor ops (Veit et al.'s unravelled view),
+not of the scalar computation graph.
+
 Tracing runs the model once on the example input under a ``TorchFunctionMode`` that sees
 every torch function and tensor method, so it works on any ``nn.Module`` with any Python
 control flow (shape checks, in-place ``out += identity``, ``ReLU(inplace=True)``).
@@ -22,16 +31,21 @@ Parameters, buffers and tensors created from constants carry no paths.
 What counts as nonlinear (DESIGN.md, Analyses): activation functions, max-pooling,
 softmax, products or quotients of two data-dependent tensors (gates), and normalisation
 that divides by a statistic of its own input (LayerNorm, GroupNorm, InstanceNorm,
-BatchNorm in training mode). Linear: conv, linear, BatchNorm in eval mode, add/sub/cat,
-reshapes, slicing and indexing, average pooling, up-sampling, transposed conv, padding,
+BatchNorm in training mode). Linear: conv, linear, BatchNorm in eval mode (InstanceNorm
+too, with running statistics), add/sub/cat, reshapes, slicing, splitting and indexing,
+unfold/fold (im2col), average pooling, up-sampling, transposed conv, padding,
 dropout (its mask does not depend on the input), embedding lookups (one-hot times a
-matrix), and products with constants or parameters. Fused ops count as written out:
-``addmm(c, a, b)`` as ``c + a @ b``, attention (``scaled_dot_product_attention``,
-``nn.MultiheadAttention``) as ``softmax(q k^T) v``, two products and a softmax.
-Comparisons and signs (``h > 0``) give masks: step functions of the input that carry no
-paths, so an op that reads one is a gate (``h * (h > 0)`` counts as one
-ReLU). Any other op on data-dependent tensors is *unknown*: it is listed in the result
-and counted as nonlinear.
+matrix), max-unpooling (a scatter, see ``UNPOOL``), and products with constants or
+parameters. Fused ops count as written out: ``addmm(c, a, b)`` as ``c + a @ b``, attention
+(``scaled_dot_product_attention``, ``nn.MultiheadAttention``) as ``softmax(q k^T) v``, two
+products and a softmax. Comparisons, signs, rounding and integers computed from the
+data (``h > 0``, ``round``, ``argmax``, the indices of ``max_pool2d(...,
+return_indices=True)``) give masks: step functions of the input that carry no paths, so
+an op that reads one is a gate (``h * (h > 0)`` counts as one ReLU). Any other op on
+data-dependent tensors is *unknown*: it is listed in the result and counted as
+nonlinear. Recurrent layers (``nn.RNN``, ``nn.GRU``, ``nn.LSTM`` and their cells) are such
+ops, one for all their time steps and gates; the summary says so, and how to count them
+(write the cell out).
 """
 
 from __future__ import annotations
@@ -79,11 +93,13 @@ LINEAR = _names(
     conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d linear
     avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d
     adaptive_avg_pool3d interpolate upsample upsample_nearest upsample_bilinear
-    pixel_shuffle pixel_unshuffle channel_shuffle pad constant_pad_nd
+    pixel_shuffle pixel_unshuffle channel_shuffle pad constant_pad_nd unfold fold im2col col2im
+    as_strided bilinear
     dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout
     view view_as reshape reshape_as flatten unflatten permute transpose t swapaxes
     embedding swapdims movedim moveaxis squeeze unsqueeze expand expand_as repeat repeat_interleave
     tile broadcast_to contiguous clone detach to float double half bfloat16 type type_as
+    long int short
     cpu cuda getitem narrow select index_select gather take take_along_dim split
     split_with_sizes chunk unbind tensor_split hsplit vsplit roll flip fliplr flipud rot90
     diagonal diag tril triu sum mean nansum cumsum neg negative positive trace
@@ -101,19 +117,23 @@ NONLINEAR = _names(
     adaptive_max_pool1d_with_indices adaptive_max_pool2d_with_indices
     adaptive_max_pool3d_with_indices fractional_max_pool2d fractional_max_pool3d
     lp_pool1d lp_pool2d max min amax amin maximum minimum
-    layer_norm group_norm instance_norm local_response_norm normalize rms_norm
+    layer_norm group_norm local_response_norm normalize rms_norm
     exp exp2 log log2 log10 log1p expm1 sqrt rsqrt reciprocal pow square abs
     clamp clip clamp_min clamp_max sin cos tan norm std var std_mean var_mean prod cumprod rpow
-    logsumexp
+    logsumexp erf erfc erfinv logit sinh cosh asin acos atan asinh acosh atanh
+    special_erf special_erfc special_erfinv special_expit special_logit special_softmax
+    special_log_softmax linalg_vector_norm linalg_norm cdist cosine_similarity
+    pairwise_distance
     """
 )
-# Piecewise-constant results (comparisons, signs, indices of extremes): *masks*. They
+# Piecewise-constant results (comparisons, signs, rounding, indices of extremes): *masks*. They
 # depend on the input but carry none of its paths (a step has no slope), so ``h * (h > 0)``
 # has the one path of ``relu(h)``; an op that reads a mask is a gate (nonlinear), except a
 # sum, where the mask is an offset. Anything computed from masks alone is a mask.
 MASKS = _names(
     """
     gt lt ge le eq ne greater less greater_equal less_equal sign sgn signbit heaviside
+    round floor ceil trunc fix bucketize searchsorted
     argmax argmin isnan isinf isfinite isposinf isneginf isclose
     logical_and logical_or logical_xor logical_not and or xor invert
     bitwise_and bitwise_or bitwise_xor bitwise_not
@@ -130,6 +150,11 @@ CONSTANT = _names(
 )
 # In-place ops that overwrite their target with a constant.
 OVERWRITE = _names("zero_ fill_ normal_ uniform_ random_ bernoulli_ exponential_")
+# max_unpool(v, indices) scatters v to the positions of the maxima that max_pool chose:
+# linear in v. The indices are the pool's own switch, already counted at the pool, so they
+# do not gate again: unpool(pool(x)) = x * (x == local max) counts one nonlinearity, as
+# written either way, and a SegNet decoder's unpooling adds none (Badrinarayanan 2017).
+UNPOOL = _names("max_unpool1d max_unpool2d max_unpool3d")
 DIVISION = _names("div divide true_divide truediv")
 # input + (product of two factors): linear in the input, the product as ``mul`` or ``div``.
 FUSED_ADD = {
@@ -139,6 +164,13 @@ FUSED_ADD = {
 # Fused attention, counted as written out: softmax(q k^T) v (see Tracer._attention).
 ATTENTION = _names("scaled_dot_product_attention multi_head_attention_forward")
 REVERSED = {"radd": "add", "rsub": "sub", "rmul": "mul", "rmatmul": "matmul"}
+
+
+# Fused recurrent layers (nn.RNN, nn.GRU, nn.LSTM and their cells): one op for all time
+# steps and gates, so they cannot be counted inside; unknown, with a hint in the summary.
+RECURRENT = _names(
+    "rnn_tanh rnn_relu gru lstm rnn_tanh_cell rnn_relu_cell gru_cell lstm_cell quantized_lstm"
+)
 
 
 # Tensor methods that hand the data to Python or NumPy: what comes back into torch has no
@@ -171,6 +203,10 @@ def _tensors(value: Any) -> Iterator[Tensor]:
     elif isinstance(value, dict):
         for v in value.values():
             yield from _tensors(v)
+
+
+def _is_real(t: Tensor) -> bool:
+    return t.is_floating_point() or t.is_complex()
 
 
 def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any) -> Any:
@@ -314,6 +350,14 @@ class PathSpectrum(Result):
             lines.append(f"  nonlinear ops: {kinds}")
         if self.unknown_ops:
             lines.append(f"  unknown ops (counted as nonlinear): {', '.join(self.unknown_ops)}")
+        recurrent = [op for op in self.unknown_ops if op in RECURRENT]
+        if recurrent:
+            lines.append(
+                f"  not counted: the paths inside the recurrent layers ({', '.join(recurrent)}), "
+                "each counted as one nonlinear op for all its time steps and gates; for a count, "
+                "write the cell out as a loop over the time steps with torch ops (gates as "
+                "sigmoid/tanh and products, as in the nn.LSTM docs)"
+            )
         for group in (self.levels or []), self.through:
             lines.extend(f"  {p!r}" for p in group)
         return "\n".join(lines)
@@ -383,6 +427,10 @@ class Tracer(TorchFunctionMode):
         self.nonlinear.append(nonlinear)
         self.ops.append(op)
         return len(self.spectra) - 1
+
+    def source(self, node: int) -> int:
+        """The op node a piece of a multi-output op (``o, h = gru(x)``) was cut from."""
+        return self.inputs[node][0] if self.ops[node] == "piece" else node
 
     def bind(self, t: Tensor, node: int) -> None:
         self.tensors[id(t)] = (weakref.ref(t), node)
@@ -457,6 +505,18 @@ class Tracer(TorchFunctionMode):
             for o in outputs:
                 self.bind_mask(o)
             return out
+        if not all(_is_real(o) for o in outputs) and any(
+            self.node(t) is not None and _is_real(t) for t in _tensors(data)
+        ):
+            # Integers computed from real data (the indices of max_pool2d(...,
+            # return_indices=True), of x.max(dim) or topk, x.long()) are step functions of
+            # it, like argmax: masks, with none of its paths.
+            for o in outputs:
+                if not _is_real(o):
+                    self.bind_mask(o)
+            outputs = [o for o in outputs if _is_real(o)]
+            if not outputs:
+                return out
         if name in ATTENTION:
             self._attention(name, args, kwargs, outputs)
             return out
@@ -467,8 +527,13 @@ class Tracer(TorchFunctionMode):
             return out
         nonlinear = self._is_nonlinear(name, args, kwargs, found, gated)
         node = self.add_node(sorted(set(found)), nonlinear, name)
+        if len(outputs) == 1:
+            self.bind(outputs[0], node)
+            return out
+        # Several results (x.chunk(3), x.unbind(0)): each is a tensor of its own, as the
+        # slices x[0], x[1], x[2] are, so ``q, k, v = qkv.chunk(3)`` counts as ``qkv[i]``.
         for o in outputs:
-            self.bind(o, node)
+            self.bind(o, self.add_node([node], False, "piece"))
         return out
 
     def _is_nonlinear(
@@ -476,10 +541,14 @@ class Tracer(TorchFunctionMode):
     ) -> bool:
         if name in SUM_LINEAR:
             return False
+        if name in UNPOOL:  # a scatter: linear in the values, the indices do not gate
+            return len(found) > 1
         if name in NONLINEAR or gated:  # a mask selects or scales the paths: a gate
             return True
         if name == "batch_norm":  # batch statistics divide by the input's own variance
             return bool(_arg(args, kwargs, 5, "training", False))
+        if name == "instance_norm":  # eval mode with running statistics: affine
+            return bool(_arg(args, kwargs, 5, "use_input_stats", True))
         if name in DIVISION or name in ("rdiv", "rtruediv"):
             divisor = args[0] if name.startswith("r") else _arg(args, kwargs, 1, "other", None)
             return self.node(divisor) is not None
@@ -583,6 +652,23 @@ def through_edges(
     return {} if after is None else as_counts(convolve(tracer.spectra[node], after))
 
 
+def through_any(tracer: Tracer, nodes: set[int], end: int) -> dict[int, int]:
+    """Paths to ``end`` through at least one of ``nodes``: all paths less those that avoid
+    them (a forward pass of the dynamic programme with ``nodes`` removed), so a path
+    through two of them counts once."""
+    avoid: list[Spectrum | None] = []
+    for v in range(end + 1):
+        s = None if v in nodes else merge([avoid[u] for u in tracer.inputs[v]])
+        if not tracer.inputs[v] and v not in nodes:  # an input
+            s = tracer.spectra[v]
+        elif s is not None and tracer.nonlinear[v]:
+            s = (s[0] + 1, s[1])
+        avoid.append(s)
+    rest = as_counts(avoid[end])
+    counts = as_counts(tracer.spectra[end])
+    return {k: c - rest.get(k, 0) for k, c in counts.items() if c != rest.get(k, 0)}
+
+
 # --------------------------------------------------------------------------- the analysis
 
 
@@ -617,6 +703,13 @@ def _resolve_blocks(
 
 def _first_node(tracer: Tracer, output: Any, what: str) -> int:
     nodes = sorted(set(tracer.nodes_in(output)))
+    if not nodes and tracer.has_mask(output):
+        raise ValueError(
+            f"{what} depends on the input only through step functions (comparisons, signs, "
+            "argmax, integer casts such as x.long()), which carry no paths; pass integer "
+            "data (token ids) as an integer input, or end the spectrum before the step "
+            "with until=..."
+        )
     if not nodes:
         raise ValueError(
             f"{what} does not depend on the input: no path from the input reaches it "
@@ -668,13 +761,15 @@ def path_spectrum(
     is_unet = isinstance(model, UNet) and until is None
     tracer = Tracer()
     captured: dict[str, list[int | None]] = {}
+    captured_all: dict[str, list[list[int]]] = {}  # every output node, per call
     pooled: dict[int, int] = {}  # U-Net: encoder feature node -> its max-pool node
     handles = []
 
     def capture(key: str, stop: bool = False):  # noqa: ANN202
         def hook(_m: nn.Module, _args: tuple, out: Any) -> None:
-            nodes = sorted(set(tracer.nodes_in(out)))
+            nodes = sorted({tracer.source(n) for n in tracer.nodes_in(out)})
             captured.setdefault(key, []).append(nodes[-1] if nodes else None)
+            captured_all.setdefault(key, []).append(nodes)
             if stop:
                 captured[key][-1] = _first_node(tracer, out, f"the output of {until!r}")
                 raise _Stop
@@ -686,7 +781,9 @@ def path_spectrum(
         if src is not None and dst is not None:
             pooled[src] = dst
 
-    saved = [(b, b.detach().clone()) for b in model.buffers()] if model.training else []
+    # any submodule in training mode may update buffers (BN statistics), even in an eval model
+    training = any(m.training for m in model.modules())
+    saved = [(b, b.detach().clone()) for b in model.buffers()] if training else []
     try:
         if end_module is not None:
             handles.append(end_module.register_forward_hook(capture("until", stop=True)))
@@ -737,10 +834,20 @@ def path_spectrum(
                     f"invalid blocks entry {name!r}: it ran {len(calls)} times before the end "
                     "of the paths; each block must run exactly once"
                 )
-            node = calls[0]
-            part = {} if node is None or node > end else through_edges(tracer, suffix, node)
+            nodes = [n for n in captured_all["block:" + name][0] if n <= end]
+            if len(nodes) > 1:  # several outputs, maybe one computed from another
+                part = through_any(tracer, set(nodes), end)
+            else:
+                part = through_edges(tracer, suffix, nodes[0]) if nodes else {}
             through.append(PathCounts.of(name, part))
 
+    unknown = sorted(op for op in tracer.unknown if any(tracer.ops[v] == op for v in live))
+    if any(op in RECURRENT for op in unknown):
+        log.warning(
+            "path_spectrum: the recurrent layers of %s are counted as one nonlinear op each; "
+            "the paths through their time steps and gates are not counted (see the summary)",
+            type(model).__name__,
+        )
     log.debug("path_spectrum: %d nodes traced, %d on paths to the end", len(tracer.ops), len(live))
     return PathSpectrum(
         model=type(model).__name__,
@@ -752,9 +859,9 @@ def path_spectrum(
         max=hi,
         mean=mean,
         has_linear_path=lo == 0,
-        unknown_ops=sorted(op for op in tracer.unknown if any(tracer.ops[v] == op for v in live)),
+        unknown_ops=unknown,
         nonlinear_ops=dict(sorted(kinds.items())),
-        num_ops=sum(tracer.ops[v] not in ("input", "outputs") for v in live),
+        num_ops=sum(tracer.ops[v] not in ("input", "outputs", "piece") for v in live),
         levels=levels,
         through=through,
     )
