@@ -334,11 +334,18 @@ def test_pathgrad_findings_average_the_seeds() -> None:
 
 def test_lesion_figure_averages_the_seeds() -> None:
     from skiplab.report.figures import _mean_std, lesion_figure
+    from skiplab.report.findings import seed_columns, stat
 
     # the sample std over seeds (n - 1), as in the tables and the learning curves
-    means, stds = _mean_std([[1.0, 0.0], [3.0, 0.0]])
+    means, stds = _mean_std(seed_columns([[1.0, 0.0], [3.0, 0.0]]))
     assert means == [2.0, 0.0] and stds == pytest.approx([2**0.5, 0.0])
-    assert _mean_std([[5.0]]) == ([5.0], [0.0])  # one seed: no band
+    assert _mean_std([(5.0,)]) == ([5.0], [0.0])  # one seed: no band
+    # the tables' statistics: a seed without a finite value is left out, as there
+    col = [1.0, float("nan"), 3.0, None]
+    means, stds = _mean_std([col])
+    assert (means[0], stds[0]) == (stat(col).mean, stat(col).std) == (2.0, pytest.approx(2**0.5))
+    means, _ = _mean_std([[float("nan")]])
+    assert math.isnan(means[0])  # none finite: a gap in the line
 
     def res(base: float, singles: list[float], k_mean: float) -> dict:
         return {"metric": "accuracy", "baseline": base,

@@ -126,6 +126,31 @@ def write_spec(tmp_path: Path, spec: dict) -> Path:
             "experiments[0].models: 'resnet-8' appears twice",
         ),
         (
+            {"experiments": [{"kind": "identity"}, {"kind": "identity"}]},
+            "experiments[1].name: duplicate experiment name 'identity'",
+        ),
+        ({"name": 5}, "name: not text (5); give the study a name (quote it"),
+        ({"report": 5}, "report: expected a mapping with fields published"),
+        (
+            {"report": {"published": [{"label": "a", "value": "6%"}]}},
+            "report.published[0].value: expected",
+        ),
+        ({"report": {"published": [{"lable": "a"}]}}, "report.published[0].lable: unknown field"),
+        ({"quick": {"seeds": "x"}}, "quick.seeds: expected a non-empty list of integers"),
+        (
+            {"experiments": [{"kind": "paths", "models": ["resnet-8"], "input": [True, 8, 8]}]},
+            "experiments[0].input: expected the input shape",
+        ),
+        # an experiment's name makes its id, experiment/NAME
+        (
+            {"experiments": [{"kind": "identity", "name": "a/../b"}]},
+            "experiments[0].name: invalid 'a/../b'",
+        ),
+        (
+            {"experiments": [{"kind": "identity", "name": None}]},
+            "experiments[0].name: invalid None",
+        ),
+        (
             {
                 "groups": [
                     {
@@ -518,7 +543,9 @@ def test_refused_duplicate_runs_write_nothing(tmp_path: Path) -> None:
     bad = parse_spec({**TINY, "groups": [], "experiments": TINY["experiments"]})
     bad.experiments = bad.experiments * 2  # made in Python, past parse_spec's check
     out = tmp_path / "s"
-    with pytest.raises(ValueError, match="the same run twice"):
+    with pytest.raises(
+        SpecError, match=r"experiments\[1\]\.name: duplicate experiment name 'paths'"
+    ):
         run_study(bad, out, report=False)
     assert not (out / "study.db").exists()
     spec = write_spec(
@@ -626,7 +653,8 @@ def test_an_interrupted_study_says_how_to_resume(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Ctrl-C: one line says what is done and that the same command resumes (the CLI
-    exited 130 without a word); the rerun redoes the interrupted run."""
+    exited 130 without a word); the run in flight is marked interrupted, and the rerun redoes
+    it."""
 
     class Interrupted:
         runs_here = True
@@ -640,7 +668,8 @@ def test_an_interrupted_study_says_how_to_resume(
     with pytest.raises(KeyboardInterrupt):
         run_study(spec, out, executor=Interrupted(), report=False)
     assert "interrupted: 0 of 1 runs done; the same command resumes the study" in caplog.text
-    assert Store.open_existing(out).status("experiment/paths") == "running"
+    # not 'running' (the report said "2 running" of a study nothing ran any more)
+    assert Store.open_existing(out).status("experiment/paths") == "interrupted"
     store = run_study(spec, out, report=False)
     assert [(r["status"], r["attempts"]) for r in store.runs()] == [("finished", 2)]
 

@@ -185,3 +185,55 @@ def test_report_lists_the_sessions(tmp_path: Path) -> None:
     )
     html = render_html(context)
     assert "fedcba987654" in html and "5.0 min" in html
+
+
+def test_devices_and_last_session_time_come_from_the_sessions(tmp_path: Path) -> None:
+    """The sessions are the one record of where and how long a study ran; a study.db from
+    before sessions were recorded keeps its own ``devices`` and ``last_session_s``."""
+    store = Store(tmp_path / "old")
+    store.set_meta("devices", ["cpu (old)"])
+    store.set_meta("last_session_s", 12.0)
+    assert store.devices() == ["cpu (old)"] and store.last_session_s() == 12.0
+    store.add_session({"status": "running", "duration_s": 1.0})  # by a skiplab of that time
+    assert store.devices() == ["cpu (old)"] and store.last_session_s() == 12.0
+    store = Store(tmp_path / "new")
+    for status, duration, devices in [("finished", 5.0, ["cpu (a)"]), ("finished", 7.0, ["gpu", "cpu (a)"]),
+                                      ("interrupted", 1.0, ["cpu (b)"]), ("running", 2.0, [])]:  # fmt: skip
+        store.add_session({"status": status, "duration_s": duration, "devices": devices})
+    assert store.devices() == ["cpu (a)", "gpu", "cpu (b)"]  # first use first, once each
+    assert store.last_session_s() == 7.0  # the last session that ran to its end
+
+
+def test_an_experiment_on_a_missing_gpu_fails_like_a_run(tmp_path: Path) -> None:
+    """Experiments resolve --device as training does: `cuda` without a GPU (a Ray worker
+    without one) is an error recorded on the job, not a silent run on the CPU."""
+    import torch
+
+    from skiplab.study.runner import execute_experiment
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without a GPU")
+    record = {"name": "identity", "kind": "identity", "models": [], "input": None,
+              "options": {"depths": [2], "steps": 1}}  # fmt: skip
+    out = execute_experiment(record, "cuda")
+    assert out["status"] == "failed" and "no CUDA GPU" in out["error"], out
+
+
+def test_worker_lookup_without_the_pools_private_attribute() -> None:
+    """The pool's processes are read from a private attribute: where a Python version lacks
+    it or changes its shape, the study goes on with less detail, not an AttributeError."""
+    from skiplab.study.runner import _death, _stop_workers, _workers
+
+    class Pool:
+        def __init__(self, procs: object) -> None:
+            if procs is not None:
+                self._processes = procs
+
+        def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+            self.down = True
+
+    for procs in (None, ["not a dict"], {1: "not a process"}):
+        pool = Pool(procs)
+        assert _workers(pool) == [] and _death(pool) == "ended"
+        _stop_workers(pool)
+        assert pool.down

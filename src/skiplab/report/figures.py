@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from .findings import mean_share, path_counts, seed_columns
+from .findings import mean_share, path_counts, seed_columns, stat
 
 DPI = 110
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563",
@@ -179,19 +179,11 @@ def curves_figure(slug: str, title: str, curves: dict[str, list[list[dict[str, A
                 )
                 if not epochs:
                     continue
-                means, stds = [], []
-                for e in epochs:
-                    v = [
-                        float(h[key])
-                        for hist in histories
-                        for h in hist
-                        if int(h.get("epoch", -1)) == e and h.get(key) is not None
-                    ]
-                    m = sum(v) / len(v)
-                    means.append(m)
-                    stds.append(
-                        (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0
-                    )
+                means, stds = _mean_std([
+                    [h[key] for hist in histories for h in hist
+                     if int(h.get("epoch", -1)) == e and h.get(key) is not None]
+                    for e in epochs
+                ])  # fmt: skip
                 ls = (
                     ":"
                     if label.startswith("plain")
@@ -338,7 +330,7 @@ def lesion_figure(by_label: dict[str, list[dict[str, Any]]]) -> FigureImage:
         for i, (label, results) in enumerate(by_label.items()):
             singles = [[s.get("metric") for s in r.get("single") or []] for r in results]
             singles = [x for x in singles if None not in x]
-            mean, std = _mean_std(singles)
+            mean, std = _mean_std(seed_columns(singles))
             if mean:
                 units = range(1, len(mean) + 1)
                 a1.plot(units, mean, marker="o", ms=2.5, lw=1.2, color=color(i), label=label)
@@ -378,13 +370,12 @@ def lesion_figure(by_label: dict[str, list[dict[str, Any]]]) -> FigureImage:
                   "Figs. 3-4), mean over seeds; band and bars: ±1 std.", draw, (8.0, 3.3))  # fmt: skip
 
 
-def _mean_std(rows: list[list[float]]) -> tuple[list[float], list[float]]:
-    """Column means and sample stds of per-seed rows (``seed_columns``), as in the tables
-    and the learning curves (0 for a single seed)."""
-    cols = seed_columns(rows)
-    return [statistics.fmean(c) for c in cols], [
-        statistics.stdev(c) if len(c) > 1 else 0.0 for c in cols
-    ]
+def _mean_std(columns: list[Any]) -> tuple[list[float], list[float]]:
+    """Per column (one value per seed), the mean and sample std of the tables' ``stat``
+    (0 for a single seed); NaN, a gap in the line, where no value is finite."""
+    stats = [stat(list(c)) for c in columns]
+    nan = float("nan")
+    return [s.mean if s else nan for s in stats], [s.std if s else nan for s in stats]
 
 
 # --------------------------------------------------------------------------- shattered

@@ -126,8 +126,8 @@ def load_study(store: Store) -> StudyData:
         provenance=store.meta("provenance", {}) or {},
         source=str(store.meta("source", "") or ""),
         runs=runs,
-        session_s=store.meta("last_session_s"),
-        devices=list(store.meta("devices", []) or []),
+        session_s=store.last_session_s(),
+        devices=store.devices(),
         sessions=store.sessions(),
     )
 

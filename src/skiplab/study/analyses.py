@@ -123,8 +123,9 @@ def run_experiment(exp: ExperimentSpec, device: str) -> tuple[dict[str, Any], st
     shattered gradients."""
     from .. import analysis as A
     from ..models import create_model
+    from ..train.trainer import resolve_device
 
-    dev = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    dev = resolve_device(device)  # the rule of a run's training: cuda without a GPU fails
     if exp.kind == "paths":
         spectra = {}
         summaries = []

@@ -1,7 +1,8 @@
 """Run a study: expand the grid, execute what is not done, record everything in study.db.
 
 Killed at any moment and started again, a study resumes: finished runs are never redone,
-a run left 'running' by a kill is redone from scratch (its folder is cleared first).
+a run left 'running' by a kill (or 'interrupted' by Ctrl-C) is redone from scratch (its
+folder is cleared first).
 Failed or diverged runs are recorded and do not stop the study.
 """
 
@@ -27,7 +28,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from .spec import ExperimentSpec, ModelSpec, RunSpec, StudySpec
+from .spec import ExperimentSpec, ModelSpec, RunSpec, StudySpec, check_unique
 from .store import LOCK_NAME, Store, study_lock
 
 log = logging.getLogger(__name__)
@@ -169,9 +170,20 @@ def _exit_with(driver: int) -> None:
 
 
 def _workers(pool: ProcessPoolExecutor) -> list:
-    """The pool's worker processes (a private attribute of ``ProcessPoolExecutor``: none
-    where a Python version lacks it)."""
-    return list((getattr(pool, "_processes", None) or {}).values())
+    """The pool's worker processes (``multiprocessing.Process`` objects).
+
+    ``ProcessPoolExecutor`` has no public way to reach them: its ``shutdown`` waits for
+    the jobs in flight, ``BrokenProcessPool`` does not say how a worker ended, and
+    ``terminate_workers`` (Python 3.14) still gives no exit codes. Pids reported by an
+    initializer would not do either: the pool reaps its workers itself, so their exit
+    codes live only in its ``Process`` objects. So this reads the private ``_processes``
+    (a dict pid -> Process in CPython 3.8 to 3.14), checked: where it is missing or of
+    another shape the answer is ``[]``, Ctrl-C then waits for the jobs in flight, and a
+    dead worker's cause reads 'ended'."""
+    procs = getattr(pool, "_processes", None)
+    if not isinstance(procs, dict):
+        return []
+    return [p for p in list(procs.values()) if hasattr(p, "exitcode") and hasattr(p, "terminate")]
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
@@ -397,15 +409,11 @@ def run_study(
         and not (out_dir / "study.db").exists()
     ):
         raise ValueError(f"{out_dir} is not empty and holds no study; choose a new or empty --out")
-    # before anything is written: a refused spec must not claim the folder
+    # before anything is written: a refused spec must not claim the folder (checked again:
+    # a spec may be changed in Python after parse_spec)
+    check_unique(spec)
     jobs = [Job(r.run_id, "run", _run_record(r)) for r in spec.runs()]
     jobs += [Job(e.exp_id, "experiment", _exp_record(e)) for e in spec.experiment_specs()]
-    ids = [j.job_id for j in jobs]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise ValueError(
-            f"the spec expands to the same run twice ({dup}); give the models distinct labels"
-        )
     with study_lock(out_dir):
         store = Store(out_dir)
         old = store.meta("spec")
@@ -435,16 +443,19 @@ def run_study(
         session_devices: list[str] = []  # what this session's jobs ran on
         bar = _bar(progress, len(jobs), len(jobs) - len(todo))
 
+        in_flight: set[str] = set()  # started, not yet recorded
+
         def on_start(job: Job) -> None:
             store.start(job.job_id)
+            in_flight.add(job.job_id)
             if bar:
                 bar[0].update(bar[1], description=job.job_id)
 
         done_before = len(jobs) - len(todo)
         finished = [done_before]
-        devices: list[str] = list(store.meta("devices", []) or [])  # what jobs ran on so far
 
         def on_done(job: Job, out: dict[str, Any]) -> None:
+            in_flight.discard(job.job_id)
             status = out.get("status", "failed")
             try:
                 store.finish(job.job_id, status, metrics=out.get("metrics"), history=out.get("history"),
@@ -456,13 +467,12 @@ def run_study(
                              duration_s=out.get("duration_s"))  # fmt: skip
             finished[0] += 1
             used = out.get("device")  # as the job's process resolved --device (auto)
-            if used and used not in devices:
-                devices.append(used)
-                store.set_meta("devices", devices)
             if used and used not in session_devices:
                 session_devices.append(used)
             store.update_session(session, duration_s=time.time() - t0, jobs=finished[0] - done_before,
                                  devices=session_devices)  # fmt: skip
+            if used and used not in (store.meta("devices") or []):  # for older skiplab readers
+                store.set_meta("devices", store.devices())
             # one line per job for logs (the bar is for terminals)
             log.info("[%d/%d] %s %s in %.1f s", finished[0], len(jobs), job.job_id, status,
                      out.get("duration_s") or 0.0)  # fmt: skip
@@ -482,6 +492,8 @@ def run_study(
             ended = "finished"
         except KeyboardInterrupt:
             ended = "interrupted"
+            with contextlib.suppress(sqlite3.Error):
+                store.interrupt(sorted(in_flight))
             log.warning("interrupted: %d of %d runs done; the same command resumes the study",
                         finished[0], len(jobs))  # fmt: skip
             raise
@@ -492,7 +504,7 @@ def run_study(
             # be written fails here too)
             with contextlib.suppress(sqlite3.Error):
                 store.update_session(session, duration_s=time.time() - t0, status=ended)
-        store.set_meta("last_session_s", time.time() - t0)
+        store.set_meta("last_session_s", store.last_session_s())  # for older skiplab readers
         write_results_json(store, out_dir)
         if report:
             from ..report import write_report

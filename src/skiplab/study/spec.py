@@ -48,6 +48,7 @@ TOP_FIELDS = (
 GROUP_FIELDS = ("name", "description", "data", "data_options", "models", "grid", "recipe", "seeds",
                 "analyses", "analysis_options", "subset")  # fmt: skip
 EXPERIMENT_FIELDS = ("name", "kind", "models", "input", "options")
+PUBLISHED_FIELDS = ("label", "metric", "value", "source")
 # More runs than this is a typo or a job for several studies (each run is validated on load).
 MAX_RUNS = 2000
 
@@ -255,7 +256,8 @@ def _recipe(path: str, value: Any) -> dict[str, Any]:
         fields = {k: v for k, v in value.items() if k != "preset"}
         get_recipe(value.get("preset", "quick"), **fields)
     except ValueError as err:
-        _fail(path, f"{err}; presets: {', '.join(PRESETS)}")
+        known = value.get("preset", "quick") in PRESETS  # else the error lists them already
+        _fail(path, f"{err}; presets: {', '.join(PRESETS)}" if known else str(err))
     return dict(value)
 
 
@@ -291,8 +293,10 @@ def _quick(raw: dict[str, Any], apply: bool) -> None:
             _fail("quick.recipe", "expected a preset name or a mapping of recipe fields")
         if apply and isinstance(base, dict):  # a bad base recipe is reported as 'recipe'
             raw["recipe"] = {**base, **patch}
-    if "seeds" in q and apply:
-        raw["seeds"] = q["seeds"]
+    if "seeds" in q:
+        _int_list("quick.seeds", q["seeds"])
+        if apply:
+            raw["seeds"] = q["seeds"]
     for section in ("groups", "experiments"):
         patches = q.get(section) or {}
         if not isinstance(patches, dict):
@@ -331,7 +335,8 @@ def parse_spec(raw: Any, source: str = "<spec>", quick: bool = False) -> StudySp
         _quick(raw, apply=quick)
     name = raw.get("name")
     if not isinstance(name, str) or not name:
-        _fail("name", "missing or empty; give the study a name")
+        got = "missing" if name is None else "empty" if name == "" else f"not text ({name!r})"
+        _fail("name", f"{got}; give the study a name (quote it if it looks like a number)")
     seeds = _int_list("seeds", raw.get("seeds", [0]))
     recipe = _recipe("recipe", raw.get("recipe"))
     groups = raw.get("groups") or []
@@ -418,7 +423,6 @@ def parse_spec(raw: Any, source: str = "<spec>", quick: bool = False) -> StudySp
             for key, n in _check_keys(f"{p}.subset", g["subset"], ("n_train", "n_test")).items():
                 if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
                     _fail(f"{p}.subset.{key}", f"expected a positive number of examples, got {n!r}")
-    names: set[str] = set()
     for i, e in enumerate(experiments):
         p = f"experiments[{i}]"
         _check_keys(p, e, EXPERIMENT_FIELDS)
@@ -428,16 +432,18 @@ def parse_spec(raw: Any, source: str = "<spec>", quick: bool = False) -> StudySp
                 f"unknown experiment {e.get('kind')!r}; allowed: {', '.join(EXPERIMENTS)}",
             )
         e.setdefault("name", e["kind"])
-        if e["name"] in names:
-            _fail(f"{p}.name", f"duplicate experiment name {e['name']!r}")
-        names.add(e["name"])
+        if not isinstance(e["name"], str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", e["name"]):
+            # it makes the job's id (experiment/NAME): a '/' would look like a run's
+            _fail(f"{p}.name", f"invalid {e['name']!r}; use letters, digits, '-', '_', '.'")
         if e["kind"] == "paths":
             e["models"] = _models(f"{p}.models", e.get("models"))
             for j, m in enumerate(e["models"]):
                 _validate_model(f"{p}.models[{j}]", m, {})
             if "input" in e and (
                 not isinstance(e["input"], list)
-                or not all(isinstance(v, int) and v > 0 for v in e["input"])
+                or not all(
+                    isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in e["input"]
+                )
             ):
                 _fail(f"{p}.input", "expected the input shape without the batch, e.g. [3, 32, 32]")
         elif "models" in e:
@@ -455,18 +461,21 @@ def parse_spec(raw: Any, source: str = "<spec>", quick: bool = False) -> StudySp
             _check_keys(
                 f"{p}.options", e["options"], tuple(option_names(e["kind"], experiment=True))
             )
+    _report(raw.get("report"))
     spec = StudySpec(
         name=name, description=str(raw.get("description") or ""), reproduces=str(raw.get("reproduces") or ""),
         seeds=seeds, recipe=recipe, groups=groups, experiments=experiments,
         report=dict(raw.get("report") or {}), raw=raw, source=source,
     )  # fmt: skip
-    _check_unique(spec)
+    check_unique(spec)
     return spec
 
 
-def _check_unique(spec: StudySpec) -> None:
-    """Every run and every model of a paths experiment must be told apart: two runs with
-    one id would share a row of study.db and a run folder."""
+def check_unique(spec: StudySpec) -> None:
+    """Every job (run or experiment) and every model of a paths experiment must be told
+    apart: two jobs with one id would share a row of study.db and a run folder. Raises
+    ``SpecError``; ``run_study`` checks again (a spec may be changed in Python after
+    ``parse_spec``)."""
     seen: set[str] = set()
     index = {g["name"]: i for i, g in enumerate(spec.groups)}
     for run in spec.runs():
@@ -478,6 +487,9 @@ def _check_unique(spec: StudySpec) -> None:
             )
         seen.add(run.run_id)
     for i, e in enumerate(spec.experiment_specs()):
+        if e.exp_id in seen:
+            _fail(f"experiments[{i}].name", f"duplicate experiment name {e.name!r}")
+        seen.add(e.exp_id)
         labels = [m.display() for m in e.models]
         dup = next((x for x in labels if labels.count(x) > 1), None)
         if dup is not None:
@@ -485,6 +497,22 @@ def _check_unique(spec: StudySpec) -> None:
                 f"experiments[{i}].models",
                 f"{dup!r} appears twice; remove the duplicate, or give the models distinct labels",
             )
+
+
+def _report(value: Any) -> None:
+    """The ``report`` section: ``published`` numbers to put beside the measured ones."""
+    if value is None:
+        return
+    pub = _check_keys("report", value, ("published",)).get("published") or []
+    if not isinstance(pub, list):
+        _fail("report.published", "expected a list of {label, metric, value, source} mappings")
+    for i, p in enumerate(pub):
+        _check_keys(f"report.published[{i}]", p, PUBLISHED_FIELDS)
+        if not isinstance(p.get("label"), str):
+            _fail(f"report.published[{i}].label", "missing; give the label of the model it is for")
+        v = p.get("value")
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            _fail(f"report.published[{i}].value", f"expected the published number, got {v!r}")
 
 
 def _analysis_options(path: str, value: Any, labels: set[str]) -> None:

@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,            -- 'run' (training) or 'experiment'
     spec TEXT NOT NULL,            -- JSON: model, options, data, seed, recipe, analyses
-    status TEXT NOT NULL,          -- pending, running, finished, failed, diverged
+    status TEXT NOT NULL,          -- pending, running, finished, failed, diverged, interrupted
     metrics TEXT,                  -- JSON: final metrics
     history TEXT,                  -- JSON: per-epoch metrics
     error TEXT,
@@ -160,6 +160,20 @@ class Store:
         with self._edit_sessions() as sessions:
             sessions[index].update(fields)
 
+    def devices(self) -> list[str]:
+        """What the study's jobs ran on, in words, first use first: the sessions' ``devices``
+        (a study.db from before sessions recorded them: its ``devices`` meta)."""
+        sessions = self.sessions()
+        if not any("devices" in s for s in sessions):
+            return list(self.meta("devices", []) or [])
+        return list(dict.fromkeys(d for s in sessions for d in s.get("devices") or []))
+
+    def last_session_s(self) -> float | None:
+        """The wall-clock time of the last session that ran to its end (an older study.db:
+        its ``last_session_s`` meta)."""
+        ended = [s for s in self.sessions() if s.get("status") == "finished"]
+        return ended[-1].get("duration_s") if ended else self.meta("last_session_s")
+
     # ------------------------------------------------------------------ runs
     def add_run(self, run_id: str, kind: str, spec: dict[str, Any]) -> None:
         with self.transaction() as db:
@@ -180,6 +194,15 @@ class Store:
                 "UPDATE runs SET status = 'running', started = ?, finished = NULL, error = NULL, "
                 "attempts = attempts + 1 WHERE id = ?",
                 (time.time(), run_id),
+            )
+
+    def interrupt(self, run_ids: list[str]) -> None:
+        """Mark runs stopped midway by Ctrl-C as 'interrupted' (not 'running': nothing runs
+        them now); a resume redoes them like any unfinished run."""
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE runs SET status = 'interrupted', finished = ? WHERE id = ? AND status = 'running'",
+                [(time.time(), i) for i in run_ids],
             )
 
     def finish(
