@@ -16,6 +16,8 @@ from skiplab.analysis import gradient_flow, lesion, path_gradients
 from skiplab.analysis.blocks import find_units
 from skiplab.models.summary import summarize
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small inputs: threads only add overhead
+
 # Units with a skip, from the papers' architecture tables: a stage of n blocks has n - 1
 # (its first changes the width or stride), except where noted.
 UNITS = {
