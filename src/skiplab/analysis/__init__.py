@@ -13,6 +13,7 @@ from .nonlinearity import NLC, nonlinearity_coefficient
 from .pathgrad import PathGradients, path_gradients
 from .paths import PathSpectrum, path_spectrum
 from .shattered import ShatteredGradients, shattered_gradients
+from .sublayers import SubLayer, split_sublayers
 
 __all__ = [
     "NLC",
@@ -23,6 +24,7 @@ __all__ = [
     "PathGradients",
     "PathSpectrum",
     "ShatteredGradients",
+    "SubLayer",
     "UnitView",
     "find_units",
     "gradient_flow",
@@ -34,5 +36,6 @@ __all__ = [
     "path_gradients",
     "path_spectrum",
     "shattered_gradients",
+    "split_sublayers",
     "unit_grad_norms",
 ]

@@ -4,6 +4,8 @@ data that is neither."""
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -120,3 +122,14 @@ def _pairs(data: Iterable[Any]) -> Iterator[tuple[Tensor, Tensor]]:
                 _SEVERAL_INPUTS.format(got=f"({type(x).__name__}, {type(y).__name__})")
             )
         yield x, y
+
+
+@contextlib.contextmanager
+def quiet_vmap_fallback() -> Iterator[None]:
+    """Silence ``vmap``'s warning that an op has no batching rule and falls back to a slow
+    loop (attention's backward, ``as_strided_`` in Swin): nothing the caller can change."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="There is a performance drop because we have not yet"
+        )
+        yield

@@ -310,6 +310,14 @@ def find_units(
                 "(shortcut='none'), so there are no residual units to analyse; units of "
                 "other kinds can be named with blocks=[...] (skiplab analyze: --blocks NAME,NAME)"
             )
+        from .sublayers import transformer_block_types
+
+        if any(isinstance(m, transformer_block_types()) for m in model.modules()):
+            raise ValueError(
+                f"no residual units found in {type(model).__name__}: its transformer blocks "
+                "hold two residual additions each; analyse split_sublayers(model) instead "
+                "(skiplab.analysis), whose attn and mlp sublayers are units"
+            )
         raise ValueError(
             f"no residual units found in {type(model).__name__}: skiplab finds its own units and "
             "torchvision's residual units (ResNet, MobileNet, EfficientNet, ConvNeXt, RegNet); "

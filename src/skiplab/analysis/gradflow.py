@@ -24,10 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models.blocks import ResidualUnit
 from .batches import LABEL_DTYPES, check_class_targets, class_scores
 from .blocks import (
     UnitView,
     find_units,
+    is_unit,
     run_model,
     torchvision_other_unit_types,
     torchvision_unit_types,
@@ -186,6 +188,13 @@ class GradientFlow(Result):
         return ax
 
 
+def check_gradflow_args(*, train: Any) -> None:
+    """Raise ``ValueError`` for an argument of ``gradient_flow`` that is bad whatever the
+    model: it starts with this, and a study spec checks its options with it when it loads."""
+    if not isinstance(train, bool):  # 'no' would be true: training mode
+        raise ValueError(f"invalid train={train!r}: must be True or False")
+
+
 def gradient_flow(
     model: nn.Module,
     x: Tensor | Sequence[Tensor],
@@ -212,6 +221,7 @@ def gradient_flow(
     Gradients are taken with ``torch.autograd.grad``: the parameters' ``.grad`` are not
     touched and the model is left as it was.
     """
+    check_gradflow_args(train=train)
     loss_fn = loss_fn or checked_default_loss("gradient_flow")
     inputs = _inputs(x)
     if blocks is not None:
@@ -324,15 +334,16 @@ def _inputs(x: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
 
 
 def _is_residual(unit: UnitView) -> bool:
-    """Whether the unit has a skip: a shortcut that is not None, or torchvision's residual
-    units (with ``use_res_connect`` where they have it); a named submodule of another kind
+    """Whether the unit has a skip: skiplab's units with a shortcut, torchvision's residual
+    units (with ``use_res_connect`` where they have it), units of the ``branch``/``shortcut``
+    protocol (a None shortcut is the identity there); a named submodule of another kind
     (``blocks=["0", ...]``) has none."""
     m = unit.module
-    if hasattr(m, "shortcut"):
+    if isinstance(m, ResidualUnit):
         return m.shortcut is not None
     if isinstance(m, torchvision_other_unit_types()):  # subclasses with a forward of their own too
         return bool(getattr(m, "use_res_connect", True))
-    return isinstance(m, torchvision_unit_types())
+    return isinstance(m, torchvision_unit_types()) or is_unit(m)
 
 
 def unit_grad_norms(model: nn.Module, units: Sequence[UnitView] | None = None) -> dict[str, float]:

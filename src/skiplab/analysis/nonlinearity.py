@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..models.layers import check_positive_int
+from .batches import quiet_vmap_fallback
 from .blocks import find_units
 from .gradflow import module_mode
 from .pathgrad import record_units
@@ -181,16 +182,11 @@ def nlc_of(
     if tangents.shape[0] == 0:
         return math.nan
     try:
-        with sdpa_kernel(SDPBackend.MATH), warnings.catch_warnings():
+        with sdpa_kernel(SDPBackend.MATH), quiet_vmap_fallback(), warnings.catch_warnings():
             # torch.func.jvp scripts a helper of its own on first use, which warns that
             # torch.jit.script is deprecated: torch's business, not the caller's
             warnings.filterwarnings(
                 "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
-            )
-            # vmap falls back to a slow loop for an op without a batching rule (as_strided_
-            # on a permuted tensor, as in Swin) and says so: nothing the caller can change
-            warnings.filterwarnings(
-                "ignore", message="There is a performance drop because we have not yet"
             )
             num = _jvp_sq_norms(f, x, tangents, chunk).detach().mean()  # E_x tr(J Σ_x J^T)
     except torch.OutOfMemoryError:
@@ -257,6 +253,13 @@ class NLC(Result):
         return ax
 
 
+def check_nlc_args(*, chunk: Any) -> None:
+    """Raise ``ValueError`` for an argument of ``nonlinearity_coefficient`` that is bad
+    whatever the model: it starts with this, and a study spec checks its options with it
+    when it loads."""
+    check_positive_int("chunk", chunk)
+
+
 def nonlinearity_coefficient(
     model: nn.Module,
     x: Tensor,
@@ -279,7 +282,7 @@ def nonlinearity_coefficient(
     Raises ``ValueError`` when the model (or a unit) does not map each point on its own
     in eval mode, or has no derivatives to take.
     """
-    check_positive_int("chunk", chunk)
+    check_nlc_args(chunk=chunk)
     if not isinstance(x, Tensor):
         raise ValueError(
             f"invalid x of type {type(x).__name__}: the NLC takes one batch of input points "

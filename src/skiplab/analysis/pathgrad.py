@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..models.layers import Scale, check_choice, eval_norm_affine, invalid
+from .batches import quiet_vmap_fallback
 from .blocks import UnitView, check_view, find_units, run_model, unit_kind
 from .gradflow import LossFn, checked_default_loss, module_mode
 from .result import Result, new_axes, to_jsonable
@@ -777,6 +778,19 @@ class PathGradients(Result):
         return ax
 
 
+def check_pathgrad_args(*, samples: Any, max_length: Any, precision: Any) -> None:
+    """Raise ``ValueError`` for an argument of ``path_gradients`` that is bad whatever the
+    model: ``path_gradients`` starts with it, and a study spec checks its options with it
+    when it loads."""
+    check_choice("precision", precision, PRECISIONS)
+    if max_length is not None and (
+        isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 0
+    ):
+        raise invalid("max_length", max_length, "must be a non-negative integer or None")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+        raise invalid("samples", samples, "must be a non-negative integer (0: no sampled paths)")
+
+
 def path_gradients(
     model: nn.Module,
     x: Tensor,
@@ -838,13 +852,7 @@ def path_gradients(
             "floating-point input tensor (for a model with several inputs, wrap it in a "
             "module that takes one tensor)"
         )
-    check_choice("precision", precision, PRECISIONS)
-    if max_length is not None and (
-        isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 0
-    ):
-        raise invalid("max_length", max_length, "must be a non-negative integer or None")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
-        raise invalid("samples", samples, "must be a non-negative integer (0: no sampled paths)")
+    check_pathgrad_args(samples=samples, max_length=max_length, precision=precision)
     units = find_units(model, blocks)  # a plain net raises, naming blocks=[...]
     num = len(units)
     if max_length is not None and max_length >= num:
@@ -856,7 +864,7 @@ def path_gradients(
         if precision == "bf16"
         else contextlib.nullcontext()
     )
-    with module_mode(model, False), torch.enable_grad():
+    with module_mode(model, False), torch.enable_grad(), quiet_vmap_fallback():
         xin = x.detach().clone().requires_grad_(True)
         # Units whose VJPs are taken directly (fp32): their ReLU masks come from this pass.
         directs = (
