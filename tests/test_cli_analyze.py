@@ -251,3 +251,72 @@ def test_analyze_a_users_model_bad_input(mynet: Path, target, extra, needle) -> 
     res = runner.invoke(app, ["analyze", "paths", target, *extra])
     assert res.exit_code == 2 and needle in res.stderr, res.output
     assert "Traceback" not in res.output and not (tmp_path / "analyses").exists()
+
+
+@pytest.mark.parametrize(
+    ("first", "again"),
+    [
+        (["paths", "resnet-8"], ["--data", "digits"]),
+        (["gradflow", "resnet-8", "--width", "0.25"], ["--batch", "64"]),
+        (["pathgrad", "resnet-8", "--width", "0.25", "--batch", "2"],
+         ["--samples", "2", "--precision", "fp32"]),
+        (["landscape", "resnet-8", "--width", "0.25", "--batch", "4", "--steps", "3"],
+         ["--dims", "2", "--precision", "fp32"]),
+        (["shattered", "mlp", "--inits", "1", "--points", "32", "--max-lag", "4", "--width", "8"],
+         ["--depths", "4,10,24,50"]),
+    ],
+)  # fmt: skip
+def test_analyze_a_default_given_explicitly_is_the_same_analysis(
+    tmp_path: Path, first: list[str], again: list[str]
+) -> None:
+    """`analyze paths resnet-20 --data digits` after `analyze paths resnet-20` was refused
+    ("already holds ... with another data"): the invocation held the flags, not the values."""
+    out = ["--out", str(tmp_path / "o")]
+    assert runner.invoke(app, ["analyze", *first, *out]).exit_code == 0
+    before = json.loads((tmp_path / "o" / "result.json").read_text())["invocation"]
+    result = runner.invoke(app, ["analyze", *first, *again, *out])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "o" / "result.json").read_text())["invocation"] == before
+    flags = dict(zip(again[::2], again[1::2], strict=True))
+    recorded = {f"--{k}": v for k, v in before.items()}
+    assert {k: str(recorded[k]).replace(" ", "").strip("[]") for k in flags} == flags
+
+
+def test_analyze_replaces_a_result_whose_invocation_holds_flags_only(tmp_path: Path) -> None:
+    """Results written before invocations recorded defaults: the same analysis replaces
+    them, another one is still refused."""
+    out = ["--out", str(tmp_path / "o")]
+    path = tmp_path / "o" / "result.json"
+    assert (
+        runner.invoke(app, ["analyze", "nlc", "resnet-8", "--width", "0.25", *out]).exit_code == 0
+    )
+    doc = json.loads(path.read_text())
+    assert doc["invocation"]["batch"] == 64 and doc["invocation"]["data"] == "digits"
+    old = {k: doc["invocation"][k] for k in ("analysis", "target", "model_options", "seed")}
+    path.write_text(json.dumps({**doc, "invocation": old}))
+    result = runner.invoke(app, ["analyze", "nlc", "resnet-8", "--width", "0.25", "--batch", "8",
+                                 *out])  # fmt: skip
+    assert result.exit_code == 2 and "with another batch" in result.stderr
+    result = runner.invoke(app, ["analyze", "nlc", "resnet-8", "--width", "0.25", "--data",
+                                 "digits", *out])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(path.read_text())["invocation"]["batch"] == 64
+
+
+def test_analyze_without_a_target_writes_to_analyses_kind(tmp_path: Path, monkeypatch) -> None:
+    """`analyze shattered` wrote to analyses/shattered-shattered; --models a,b is the
+    argument a,b (one folder, one analysis)."""
+    from skiplab.cli import _analysis_out
+
+    monkeypatch.chdir(tmp_path)
+    small = ["--depths", "4", "--inits", "1", "--points", "32", "--max-lag", "4", "--width", "8"]
+    assert runner.invoke(app, ["analyze", "shattered", *small]).exit_code == 0
+    assert (tmp_path / "analyses" / "shattered" / "result.json").exists()
+    assert _analysis_out(None, "identity", None) == Path("analyses/identity")
+    assert runner.invoke(app, ["analyze", "shattered", "mlp,resmlp", *small]).exit_code == 0
+    result = runner.invoke(app, ["analyze", "shattered", "--models", "mlp,resmlp", *small])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "analyses").iterdir()) == [
+        "shattered",
+        "shattered-mlp_resmlp",
+    ]

@@ -100,3 +100,33 @@ def test_console_script_exit_code_and_no_traceback() -> None:
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "shortcut='bogus'" in proc.stderr
+
+
+def test_models_table_says_what_a_none_default_means() -> None:
+    """shortcut_scale, shortcut_dropout and gate_bias showed as None; the values shown are
+    the ones a unit takes (checked against the built model)."""
+    import torch
+    from torch import nn
+
+    import skiplab
+    from skiplab.cli import _none_means
+    from skiplab.models.blocks import Gate
+    from skiplab.models.layers import Scale
+
+    none_means = _none_means()
+    result = runner.invoke(app, ["models", "resnet-20"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    for k in ("shortcut_scale", "shortcut_dropout", "gate_bias", "block", "shortcut"):
+        assert none_means[k] in result.stdout
+    shown = {k: float(none_means[k].split("(")[1].split()[0]) for k in
+             ("shortcut_scale", "shortcut_dropout", "gate_bias")}  # fmt: skip
+
+    def parts(shortcut: str, kind: type) -> list:
+        model = skiplab.create_model("resnet-8", shortcut=shortcut)
+        return [m for m in model.modules() if isinstance(m, kind)]
+
+    assert {m.scale.item() for m in parts("scaling", Scale)} == {shown["shortcut_scale"]}
+    assert {m.p for m in parts("dropout", nn.Dropout)} == {shown["shortcut_dropout"]}
+    for gating in ("exclusive-gating", "shortcut-only-gating"):
+        biases = torch.cat([m.bias.detach() for m in parts(gating, Gate)])
+        assert biases.eq(shown["gate_bias"]).all()

@@ -587,3 +587,21 @@ def test_summary_of_an_input_the_model_cannot_take_names_one_it_can() -> None:
     model = skiplab.create_model("resnet-8", in_channels=1)
     with pytest.raises(ValueError, match=r"input_shape=\(3, 32, 32\).*such as \(1, 32, 32\)"):
         skiplab.summarize(model, (3, 32, 32))
+
+
+def test_summary_without_an_input_shape_says_what_to_pass() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten())  # no example_input_shape
+    with pytest.raises(ValueError, match=r"pass input_shape=\(C, H, W\).*\(3, 224, 224\)"):
+        skiplab.summarize(model)
+    assert skiplab.summarize(model, (3, 5, 5)).output_shape == (36,)
+
+
+def test_package_names_are_the_public_api() -> None:
+    """importlib.metadata's ``version`` leaked as ``skiplab.version`` (a TypeError to call)."""
+    import types
+
+    public = {n for n in dir(skiplab) if not n.startswith("_")}
+    functions = {n for n in public if not isinstance(getattr(skiplab, n), types.ModuleType)}
+    assert functions == set(skiplab.__all__) - {"__version__"}
+    assert not hasattr(skiplab, "version") and not hasattr(skiplab, "PackageNotFoundError")
+    assert isinstance(skiplab.__version__, str) and skiplab.__version__[0].isdigit()

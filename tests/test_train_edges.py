@@ -219,3 +219,28 @@ def test_resume_on_another_device_or_thread_count_warns(tmp_path: Path, digits, 
             model_name="resnet-8", model_options=RESNET)  # fmt: skip
     assert "ran on cpu (x86_64, 64 threads) and resumes on cpu" in caplog.text
     assert "not bit for bit" in caplog.text
+
+
+def test_tensorboard_missing_is_refused_before_writing(tmp_path: Path, monkeypatch, digits) -> None:
+    """Without the tensorboard package, --tensorboard failed after run.json was written
+    (status 'running'), and that half-made run refused the rerun without --tensorboard."""
+    import sys
+
+    from typer.testing import CliRunner
+
+    from skiplab.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # the import fails
+    rec = get_recipe("quick", epochs=1)
+    with pytest.raises(ValueError, match="pip install tensorboard"):
+        fit(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), digits, rec, tmp_path / "r",
+            tensorboard=True)  # fmt: skip
+    assert not (tmp_path / "r").exists()
+    args = ["train", "resnet-8", "--width", "0.25", "--epochs", "1", "--out", "x5"]
+    result = CliRunner().invoke(app, [*args, "--tensorboard"])
+    assert result.exit_code == 2 and "pip install tensorboard" in result.stderr
+    assert not (tmp_path / "x5").exists()
+    result = CliRunner().invoke(app, args)  # the rerun without --tensorboard
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "x5" / "run.json").read_text())["status"] == "finished"

@@ -6,7 +6,8 @@ Build every skip design from one set of parts, train it, and measure what the sk
 >>> model = skiplab.create_model("preact-resnet-20")  # doctest: +SKIP
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
 
 from .analysis import (
     gradient_flow,
@@ -21,8 +22,8 @@ from .analysis import (
 from .models import create_model, from_torchvision, list_models, register_model, summarize
 
 try:
-    __version__ = version("skiplab")
-except PackageNotFoundError:  # running from a source tree
+    __version__ = _version("skiplab")
+except _PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+unknown"
 
 __all__ = [

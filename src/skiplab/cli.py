@@ -163,6 +163,20 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
     return shape
 
 
+def _none_means() -> dict[str, str]:
+    """How `skiplab models NAME` shows an option whose default is None: what picks its
+    value, or the value a unit takes where the option applies."""
+    from .models.blocks import DEFAULT_GATE_BIAS, DEFAULT_SHORTCUT_DROPOUT, DEFAULT_SHORTCUT_SCALE
+
+    return {
+        "block": "(by depth)",
+        "shortcut": "(by block)",
+        "shortcut_scale": f"None ({DEFAULT_SHORTCUT_SCALE:g} with shortcut='scaling')",
+        "shortcut_dropout": f"None ({DEFAULT_SHORTCUT_DROPOUT:g} with shortcut='dropout')",
+        "gate_bias": f"None ({DEFAULT_GATE_BIAS:g} with a gating shortcut)",
+    }
+
+
 @app.command("models")
 @user_errors
 def models_cmd(
@@ -181,8 +195,9 @@ def models_cmd(
         table = Table(title=f"{name}: options (defaults)")
         table.add_column("option")
         table.add_column("default")
+        none_means = _none_means()
         for k, v in opts.items():
-            table.add_row(k, "(by block)" if v is None and k == "shortcut" else repr(v))
+            table.add_row(k, none_means.get(k, "None") if v is None else repr(v))
         console.print(table)
         return
     entries = model_entries()
@@ -376,6 +391,8 @@ ANALYZE_OPTIONS: dict[str, tuple[str, ...]] = {
     "identity": ("depths", "steps"),
     "shattered": ("depths",),
 }
+ANALYZE_BATCH = 64  # --batch when not given
+ANALYZE_GRID = {"dims": 2, "steps": 21}  # landscape's --dims and --steps when not given
 
 
 def _load_for_analysis(
@@ -543,19 +560,60 @@ def _check_fit(model: Any, dataset: Any, x: Any, label: str, data: str, trained:
 
 def _analysis_out(out: Path | None, kind: str, target: str | None) -> Path:
     """The output folder (default ``analyses/KIND-NAME``, NAME the model name or the run
-    folder's), refused up front when it cannot be a folder."""
+    folder's; ``analyses/KIND`` for identity/shattered's default models), refused up front
+    when it cannot be a folder."""
     if out is None:
-        name = target or kind
+        name = target
         if _is_run(target):  # a run's model.safetensors / checkpoint.safetensors: the run's name
             path = _run_file(target).resolve()  # type: ignore[arg-type]
             name = path.parent.name if path.stem in ("model", "checkpoint") else path.stem
-        out = Path("analyses") / f"{kind}-{name}".replace(",", "_").replace(":", "_")
+        folder = f"{kind}-{name}" if name else kind
+        out = Path("analyses") / folder.replace(",", "_").replace(":", "_")
     return check_out_folder(out)
 
 
-def _check_replace(out_dir: Path, invocation: dict[str, Any]) -> None:
-    """Rerunning an analysis (same kind, model or run, options, data and seed) replaces its
-    own result; a folder holding any other result is refused, so nothing is lost."""
+def _analyze_defaults(kind: str) -> dict[str, Any]:
+    """The value each option KIND reads takes when it is not given: the CLI's own (a batch
+    of 64, a 2-D landscape of 21x21 points), else the analysis function's default."""
+    import inspect
+
+    from . import analysis as A
+
+    fn = {"pathgrad": A.path_gradients, "landscape": A.loss_landscape,
+          "identity": A.identity_task, "shattered": A.shattered_gradients}.get(kind)  # fmt: skip
+    params = inspect.signature(fn).parameters if fn is not None else {}
+    reads = ANALYZE_OPTIONS[kind]
+    defaults = {k: p.default for k, p in params.items()
+                if k in reads and p.default not in (None, p.empty)}  # fmt: skip
+    if "batch" in reads:
+        defaults["batch"] = ANALYZE_BATCH
+    if kind == "landscape":
+        defaults.update(ANALYZE_GRID)
+    return defaults
+
+
+def _invocation(
+    base: dict[str, Any], given: dict[str, Any], resolved: dict[str, Any]
+) -> dict[str, Any]:
+    """What makes two results the same analysis (a rerun of it replaces its result): the
+    target, options and seed, with every option the kind reads at the value it took, so
+    that a default given explicitly (``--batch 64``, ``--data digits``) is no other
+    analysis than one that leaves it out."""
+    values = {k: v for k, v in given.items() if v is not None}
+    values = {**_analyze_defaults(base["analysis"]), **resolved, **values}
+    if isinstance(values.get("depths"), str):
+        values["depths"] = _int_list("--depths", values["depths"])
+    return json.loads(json.dumps({**base, **values}, default=str))
+
+
+def _check_replace(
+    out_dir: Path, base: dict[str, Any], given: dict[str, Any], resolved: dict[str, Any]
+) -> dict[str, Any]:
+    """The invocation (``_invocation``) of this analysis. Rerunning an analysis (same kind,
+    model or run, options, data and seed) replaces its own result; a folder holding any
+    other result is refused, so nothing is lost. A result written before invocations
+    recorded defaults (its flags only) is compared with the defaults filled in."""
+    invocation = _invocation(base, given, resolved)
     path = out_dir / "result.json"
     figure = out_dir / f"{invocation['analysis']}.png"
     if not path.exists():
@@ -564,16 +622,23 @@ def _check_replace(out_dir: Path, invocation: dict[str, Any]) -> None:
                 f"{out_dir} already holds {figure.name} and no result.json; choose another "
                 "--out (or move that file)"
             )
-        return
+        return invocation
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         old = None
-    if isinstance(old, dict) and old.get("invocation") == invocation:
-        return
+    inv = old.get("invocation") if isinstance(old, dict) else None
+    if isinstance(inv, dict) and inv.get("analysis") == invocation["analysis"]:
+        try:  # an older result: its flags only, the defaults left out
+            base = {k: inv[k] for k in ("analysis", "target", "model_options", "seed") if k in inv}
+            given = {k: v for k, v in inv.items() if k not in base}
+            inv = _invocation(base, given, resolved)
+        except ValueError:
+            pass
+    if inv == invocation:
+        return invocation
     if isinstance(old, dict) and old.get("analysis"):
         what = f"the {old.get('analysis')} analysis of {old.get('target')}"
-        inv = old.get("invocation")
         if isinstance(inv, dict) and inv.get("analysis") == invocation["analysis"]:
             diff = sorted(k for k in {*inv, *invocation} if inv.get(k) != invocation.get(k))
             what += f" with another {', '.join(diff)}"
@@ -614,7 +679,10 @@ def analyze_cmd(
         None, "--data-option", help="data set option KEY=VALUE, repeatable (e.g. size=64)"
     ),
     out: Path = typer.Option(
-        None, "--out", help="output folder (default analyses/KIND-NAME, NAME the model or run)"
+        None,
+        "--out",
+        help="output folder (default analyses/KIND-NAME, NAME the model or run; analyses/KIND "
+        "for identity/shattered's default models)",
     ),
     batch: int = typer.Option(None, "--batch", help="examples in the batch (default 64)"),
     seed: int = typer.Option(
@@ -680,27 +748,28 @@ def analyze_cmd(
         )
     seed = 0 if seed is None else seed
     options = model_options_of(ctx, args)
+    if kind in ("identity", "shattered") and "models" in options:
+        if target:
+            raise ValueError(
+                f"give the models once: as the argument ({target}) or as --models "
+                f"({options['models']}), not both"
+            )
+        models = options["models"]
+        if isinstance(models, str) or (
+            isinstance(models, list) and all(isinstance(m, str) for m in models)
+        ):  # --models a,b is the argument a,b: one folder, one invocation
+            target = models if isinstance(models, str) else ",".join(models)
+            del options["models"]
     block_list = [b.strip() for b in blocks.split(",") if b.strip()] if blocks else None
     out_dir = _analysis_out(out, kind, target)
-    # What makes two results the same analysis: a rerun of it replaces its result.
-    invocation = json.loads(json.dumps({
-        "analysis": kind,
-        "target": str(_run_file(target).resolve()) if trained else target,
-        "model_options": options,
-        **{k: v for k, v in given.items() if v is not None},
-        "seed": seed,
-    }, default=str))  # fmt: skip
-    _check_replace(out_dir, invocation)
+    base = {"analysis": kind, "target": str(_run_file(target).resolve()) if trained else target,
+            "model_options": options, "seed": seed}  # fmt: skip
     dev = resolve_device(device)
     extra = {k: given[k] for k in ("precision", "max_length", "samples") if given[k] is not None}
     if kind in ("identity", "shattered"):
+        invocation = _check_replace(out_dir, base, given, {})
         kwargs: dict[str, Any] = {"device": dev, **options}
         if target:
-            if "models" in options:
-                raise ValueError(
-                    f"give the models once: as the argument ({target}) or as --models "
-                    f"({options['models']}), not both"
-                )
             kwargs["models"] = target.split(",")
         if depths:
             kwargs["depths"] = _int_list("--depths", depths)
@@ -728,8 +797,9 @@ def analyze_cmd(
         model, dataset, label, data_name = _load_for_analysis(
             target, options, data, data_dir, seed, data_opts
         )
+        invocation = _check_replace(out_dir, base, given, {"data": data_name})
         model.eval().to(dev)
-        n = 64 if batch is None else batch
+        n = ANALYZE_BATCH if batch is None else batch
         x, y = dataset.test_x[:n].to(dev), dataset.test_y[:n].to(dev)
         _check_fit(model, dataset, x, label, data_name, trained)
         if kind == "paths":
@@ -742,7 +812,7 @@ def analyze_cmd(
             test = (dataset.test_x.to(dev), dataset.test_y.to(dev))
             res = A.lesion(model, test, blocks=block_list, seed=seed)
         elif kind == "landscape":
-            grid = {"dims": 2 if dims is None else dims, "steps": 21 if steps is None else steps}
+            grid = {k: invocation[k] for k in ANALYZE_GRID}
             res = A.loss_landscape(model, (x, y), seed=seed, **grid, **extra)
         else:
             res = A.nonlinearity_coefficient(model, x, blocks=block_list)

@@ -46,6 +46,10 @@ SHORTCUTS = (
     "dropout",
     "none",
 )
+# What shortcut_scale / shortcut_dropout / gate_bias = None mean (He et al. 2016, Table 1).
+DEFAULT_SHORTCUT_SCALE = 0.5
+DEFAULT_SHORTCUT_DROPOUT = 0.5
+DEFAULT_GATE_BIAS = 0.0
 
 
 def check_branch_scale(value: float | str) -> float | str:
@@ -231,19 +235,21 @@ class ResidualUnit(nn.Module):
         else:
             base = projection() if reshape else None
             if shortcut == "scaling":
-                tail: nn.Module | None = Scale(0.5 if shortcut_scale is None else shortcut_scale)
+                tail: nn.Module | None = Scale(
+                    DEFAULT_SHORTCUT_SCALE if shortcut_scale is None else shortcut_scale
+                )
             elif shortcut == "dropout":
                 # He et al. 2016 (Sec. 3.1): a scale "with an expectation of 0.5" on the
                 # shortcut, so kept values are not rescaled by 1/(1-p) as in inverted
                 # dropout: mask * x in training, (1 - p) * x in eval.
-                p = 0.5 if shortcut_dropout is None else shortcut_dropout
+                p = DEFAULT_SHORTCUT_DROPOUT if shortcut_dropout is None else shortcut_dropout
                 tail = nn.Sequential(OrderedDict(drop=nn.Dropout(p), expect=Scale(1.0 - p)))
             else:  # gating: the gate multiplies the shortcut; see forward
                 tail = None
                 self.gate = Gate(
                     conv_layer(in_channels, out_channels, 1, stride),
                     out_channels,
-                    0.0 if gate_bias is None else gate_bias,
+                    DEFAULT_GATE_BIAS if gate_bias is None else gate_bias,
                 )
             parts = [p for p in (("proj", base), ("op", tail)) if p[1] is not None]
             self.shortcut = nn.Sequential(OrderedDict(parts)) if parts else nn.Identity()

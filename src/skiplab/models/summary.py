@@ -46,7 +46,8 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> M
         input_shape = getattr(model, "example_input_shape", None)
         if input_shape is None:
             raise ValueError(
-                "invalid input_shape=None: this model has no example_input_shape; pass one"
+                "invalid input_shape=None: this model has no example_input_shape; pass "
+                "input_shape=(C, H, W) without the batch, e.g. input_shape=(3, 224, 224)"
             )
     input_shape = tuple(int(s) for s in input_shape)
     if any(s < 1 for s in input_shape):

@@ -285,6 +285,9 @@ def fit(
     out_dir = Path(out_dir)
     dev = resolve_device(device)
     dist = DistInfo.from_env()
+    # Before the run folder is made (and on every rank, so all stop): a failed import must
+    # not leave a 'running' run behind that refuses the next try.
+    summary_writer = _summary_writer_class() if tensorboard else None
     if dist.world > 1:
         dev = dist.setup(dev)
     identity = _run_identity(model_name, model_options, data, recipe, seed)
@@ -370,7 +373,11 @@ def fit(
         else lambda x, y: eager_step(train_model, loss_fn, x, y, amp)
     )
 
-    writer = _tensorboard(out_dir) if tensorboard and dist.is_main else None
+    writer = (
+        summary_writer(str(out_dir / "tensorboard"))
+        if summary_writer is not None and dist.is_main
+        else None
+    )
     units = (
         find_units(model, required=False, include_plain=True, opaque=True)
         if log_grad_every and dist.is_main
@@ -565,14 +572,15 @@ def _truncate_grads(path: Path, epochs_done: int) -> None:
         atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
-def _tensorboard(out_dir: Path) -> Any:
+def _summary_writer_class() -> Any:
+    """TensorBoard's ``SummaryWriter``, or one ``ValueError`` when its package is missing."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise ValueError(
             "--tensorboard needs the tensorboard package: pip install tensorboard"
         ) from None
-    return SummaryWriter(str(out_dir / "tensorboard"))
+    return SummaryWriter
 
 
 class _Progress:
