@@ -18,9 +18,10 @@ and whatever the unit does after the addition).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ from ..models.blocks import ResidualUnit
 log = logging.getLogger(__name__)
 
 
+@functools.cache  # unit_kind asks for every module of a model
 def torchvision_unit_types() -> tuple[type, ...]:
     """torchvision's ResNet units, ``(BasicBlock, Bottleneck)``."""
     try:
@@ -41,6 +43,7 @@ def torchvision_unit_types() -> tuple[type, ...]:
     return (BasicBlock, Bottleneck)
 
 
+@functools.cache
 def torchvision_other_unit_types() -> tuple[type, ...]:
     """torchvision's other residual units: MobileNetV2's and MobileNetV3's
     ``InvertedResidual``, EfficientNet's ``MBConv`` and ``FusedMBConv``, ConvNeXt's
@@ -164,37 +167,45 @@ class UnitView:
 
     name: str
     module: nn.Module
+    # Read once: the paths below run per batch (lesion, path gradients).
+    _kind: str | None = field(init=False, repr=False, compare=False)
+    _paths: TorchvisionPaths | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._kind = unit_kind(self.module)
+        other = self._kind == "torchvision-other"
+        self._paths = TorchvisionPaths.of(self.module) if other else None
 
     def shortcut(self, x: Tensor) -> Tensor:
         m = self.module
-        if unit_kind(m) == "skiplab":
+        if self._kind == "skiplab":
             return m.shortcut_path(x)
-        if unit_kind(m) == "torchvision":
+        if self._kind == "torchvision":
             return x if m.downsample is None else m.downsample(x)
-        if unit_kind(m) == "torchvision-other":
-            return TorchvisionPaths.of(m).shortcut(x)
+        if self._paths is not None:
+            return self._paths.shortcut(x)
         return x if m.shortcut is None else m.shortcut(x)
 
     def branch(self, x: Tensor) -> Tensor:
         m = self.module
-        if unit_kind(m) == "skiplab":
+        if self._kind == "skiplab":
             return m.branch_path(x)
-        if unit_kind(m) == "torchvision":
+        if self._kind == "torchvision":
             out = m.relu(m.bn1(m.conv1(x)))
             out = m.bn2(m.conv2(out))
             if hasattr(m, "conv3"):
                 out = m.bn3(m.conv3(m.relu(out)))
             return out
-        if unit_kind(m) == "torchvision-other":
-            return TorchvisionPaths.of(m).branch(x)
+        if self._paths is not None:
+            return self._paths.branch(x)
         return m.branch(x)
 
     def finish(self, shortcut: Tensor, branch: Tensor, x: Tensor) -> Tensor:
         """Combine the two paths as the unit does (``x`` is the unit input, for gates)."""
         m = self.module
-        if unit_kind(m) == "skiplab":
+        if self._kind == "skiplab":
             return m.combine(shortcut, branch, x)
-        if unit_kind(m) == "torchvision":
+        if self._kind == "torchvision":
             return m.relu(shortcut + branch)
         post = self._post()
         out = shortcut + branch
@@ -203,17 +214,17 @@ class UnitView:
     def post_is_identity(self) -> bool:
         """True when the unit adds nothing after the addition (pre-activation units)."""
         m = self.module
-        if unit_kind(m) == "skiplab":
+        if self._kind == "skiplab":
             return isinstance(m.post, nn.Identity) and m.gate is None
-        if unit_kind(m) == "torchvision":
+        if self._kind == "torchvision":
             return False
         return self._post() is None
 
     def _post(self) -> Any:
         """What a unit of torchvision's other kinds or of the ``branch``/``shortcut``
         protocol does after the addition (None: nothing)."""
-        if unit_kind(self.module) == "torchvision-other":
-            return TorchvisionPaths.of(self.module).post
+        if self._paths is not None:
+            return self._paths.post
         return getattr(self.module, "post", None)
 
 

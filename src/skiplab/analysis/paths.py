@@ -760,18 +760,16 @@ def path_spectrum(
 
     is_unet = isinstance(model, UNet) and until is None
     tracer = Tracer()
-    captured: dict[str, list[int | None]] = {}
-    captured_all: dict[str, list[list[int]]] = {}  # every output node, per call
+    captured: dict[str, list[list[int]]] = {}  # per call, the nodes of the module's output
     pooled: dict[int, int] = {}  # U-Net: encoder feature node -> its max-pool node
     handles = []
 
     def capture(key: str, stop: bool = False):  # noqa: ANN202
         def hook(_m: nn.Module, _args: tuple, out: Any) -> None:
             nodes = sorted({tracer.source(n) for n in tracer.nodes_in(out)})
-            captured.setdefault(key, []).append(nodes[-1] if nodes else None)
-            captured_all.setdefault(key, []).append(nodes)
+            captured.setdefault(key, []).append(nodes)
             if stop:
-                captured[key][-1] = _first_node(tracer, out, f"the output of {until!r}")
+                captured[key][-1] = [_first_node(tracer, out, f"the output of {until!r}")]
                 raise _Stop
 
         return hook
@@ -809,8 +807,7 @@ def path_spectrum(
     if until is not None:
         if "until" not in captured:
             raise ValueError(f"invalid until={until!r}: that module did not run in the forward")
-        end = captured["until"][0]
-        assert end is not None
+        end = captured["until"][0][0]
     else:
         end = _first_node(tracer, output, "the model's output")
 
@@ -834,14 +831,14 @@ def path_spectrum(
                     f"invalid blocks entry {name!r}: it ran {len(calls)} times before the end "
                     "of the paths; each block must run exactly once"
                 )
-            nodes = [n for n in captured_all["block:" + name][0] if n <= end]
+            nodes = [n for n in calls[0] if n <= end]
             if len(nodes) > 1:  # several outputs, maybe one computed from another
                 part = through_any(tracer, set(nodes), end)
             else:
                 part = through_edges(tracer, suffix, nodes[0]) if nodes else {}
             through.append(PathCounts.of(name, part))
 
-    unknown = sorted(op for op in tracer.unknown if any(tracer.ops[v] == op for v in live))
+    unknown = sorted(tracer.unknown & {tracer.ops[v] for v in live})
     if any(op in RECURRENT for op in unknown):
         log.warning(
             "path_spectrum: the recurrent layers of %s are counted as one nonlinear op each; "
@@ -882,7 +879,7 @@ def _unet_levels(
     model: nn.Module,
     tracer: Tracer,
     suffix: list[Spectrum | None],
-    captured: dict[str, list[int | None]],
+    captured: dict[str, list[list[int]]],
     pooled: dict[int, int],
 ) -> list[PathCounts]:
     """Per level, top first: the paths through the long skip (encoder feature -> decoder)."""
@@ -890,7 +887,7 @@ def _unet_levels(
     for lvl, skip in enumerate(model.skips):
         name = f"level {lvl} ({skip} skip)"
         calls = captured.get(f"level:{lvl}", [])
-        node = calls[-1] if calls else None
+        node = calls[-1][-1] if calls and calls[-1] else None
         if skip == "none" or node is None:
             levels.append(PathCounts.of(name, {}, note="no long skip at this level"))
             continue
