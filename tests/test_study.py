@@ -271,13 +271,10 @@ def test_quick_study_end_to_end_and_rerun_redoes_nothing(
 
 
 def test_failed_run_is_recorded_and_study_goes_on(tmp_path: Path) -> None:
-    spec = {
-        **TINY,
-        "groups": [
-            {**TINY["groups"][0], "models": ["resnet-8"], "data_options": {"test_size": 5.0}}
-        ],
-    }
-    store = run_study(parse_spec(spec), tmp_path / "s")
+    study = parse_spec({**TINY, "groups": [{**TINY["groups"][0], "models": ["resnet-8"]}]})
+    # A bad value fails on load (test_study_validation.py); changed after it, the run fails.
+    study.groups[0]["data_options"] = {"test_size": 5.0}
+    store = run_study(study, tmp_path / "s")
     runs = {r["id"]: r for r in store.runs()}
     assert runs["experiment/paths"]["status"] == "finished"
     assert runs["g/resnet-8/digits/s0"]["status"] == "failed"

@@ -126,9 +126,10 @@ def test_every_session_is_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     spec = parse_spec({
         **SPEC,
-        "groups": [{**SPEC["groups"][0], "models": ["resnet-8"], "data_options": {"test_size": 5.0}}],
+        "groups": [{**SPEC["groups"][0], "models": ["resnet-8"]}],
         "experiments": [{"kind": "paths", "models": ["resnet-8"]}],
     })  # fmt: skip
+    spec.groups[0]["data_options"] = {"test_size": 5.0}  # fails the run (refused on load)
     out = tmp_path / "s"
     store = run_study(spec, out, device="cpu", report=False)
     first = store.meta("provenance")

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,7 +53,14 @@ from torch import Tensor
 
 from ..models.layers import check_choice, check_positive_float, check_positive_int, invalid
 from .result import Result, new_axes
-from .shattered import ModelSpec, _check_depths, _spec_label, build, build_seeded, model_specs
+from .shattered import (
+    ModelSpec,
+    _check_depths,
+    _spec_label,
+    build_seeded,
+    check_builds,
+    model_specs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +207,48 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std())
 
 
+def check_identity_args(
+    *,
+    models: Any,
+    depths: Any,
+    dim: Any,
+    tasks: Any,
+    hidden: Any,
+    steps: Any,
+    lr: Any,
+    batch_size: Any,
+    threshold: Any,
+    log_every: Any,
+    eval_points: Any,
+    seeds: Any,
+) -> None:
+    """Raise ``ValueError`` for a bad argument of ``identity_task``, building each model at
+    each depth (a bad name or depth fails before any training): it starts with this, and a
+    study spec checks its options with it when it loads."""
+    specs = model_specs(default_identity_models() if models is None else models)
+    depths = _check_depths(depths)
+    if not isinstance(tasks, str | Sequence) or not tasks:
+        raise invalid("tasks", tasks, TASKS)
+    for t in [tasks] if isinstance(tasks, str) else tasks:
+        check_choice("tasks", t, TASKS)
+    dim = check_positive_int("dim", dim)
+    hidden = 4 * dim if hidden is None else check_positive_int("hidden", hidden)
+    check_positive_int("steps", steps)
+    check_positive_float("lr", lr)
+    check_positive_int("batch_size", batch_size)
+    check_positive_float("threshold", threshold)
+    check_positive_int("log_every", log_every)
+    check_positive_int("eval_points", eval_points)
+    if (
+        isinstance(seeds, str)
+        or not isinstance(seeds, Sequence)
+        or not seeds
+        or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in seeds)
+    ):
+        raise invalid("seeds", seeds, "expected a non-empty list of integers")
+    check_builds(specs, depths, in_channels=dim, num_classes=dim, hidden=hidden)
+
+
 def identity_task(
     models: Sequence[ModelSpec] | Mapping[str, ModelSpec] | None = None,
     depths: Sequence[int] = (4, 10, 34),
@@ -236,29 +286,20 @@ def identity_task(
         ValueError: unknown task, bad numbers, or (from the registry) an unknown model
             name or invalid depth, before any training.
     """
+    # bad names / depths fail before any training
+    check_identity_args(
+        models=models, depths=depths, dim=dim, tasks=tasks, hidden=hidden, steps=steps, lr=lr,
+        batch_size=batch_size, threshold=threshold, log_every=log_every,
+        eval_points=eval_points, seeds=seeds,
+    )  # fmt: skip
     specs = model_specs(default_identity_models() if models is None else models)
     depths = _check_depths(depths)
     task_list = [tasks] if isinstance(tasks, str) else list(tasks)
-    if not task_list:
-        raise invalid("tasks", tasks, TASKS)
-    for t in task_list:
-        check_choice("tasks", t, TASKS)
-    dim = check_positive_int("dim", dim)
-    hidden = 4 * dim if hidden is None else check_positive_int("hidden", hidden)
-    steps = check_positive_int("steps", steps)
-    lr = check_positive_float("lr", lr)
-    batch_size = check_positive_int("batch_size", batch_size)
-    threshold = check_positive_float("threshold", threshold)
-    log_every = check_positive_int("log_every", log_every)
-    eval_points = check_positive_int("eval_points", eval_points)
+    hidden = 4 * dim if hidden is None else hidden
+    lr = float(lr)
+    threshold = float(threshold)
     seed_list = [int(s) for s in seeds]
-    if not seed_list:
-        raise invalid("seeds", seeds, "expected at least one seed")
     defaults = {"in_channels": dim, "num_classes": dim, "hidden": hidden}
-    with torch.random.fork_rng(devices=[]):
-        for spec in specs.values():  # bad names / depths fail before any training
-            for d in depths:
-                build(spec, d, **defaults)
 
     log_steps = list(range(log_every, steps + 1, log_every))
     if not log_steps or log_steps[-1] != steps:

@@ -631,6 +631,46 @@ def _run_stacked(
     return loss_sum, correct, count, targets, classify, {}
 
 
+def check_landscape_args(
+    *,
+    dims: Any,
+    steps: Any,
+    span: Any,
+    norm: Any,
+    ignore: Any,
+    batch_size: Any,
+    points_per_batch: Any,
+    method: Any,
+    precision: Any,
+) -> None:
+    """Raise ``ValueError`` for a bad argument of ``loss_landscape`` (none needs the model):
+    ``loss_landscape`` starts with it, and a study spec checks its options with it when it
+    loads."""
+    if isinstance(dims, bool) or not isinstance(dims, int) or dims not in (1, 2):
+        raise invalid("dims", dims, (1, 2))
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+        raise invalid("steps", steps, "must be an integer >= 2 (grid points per axis)")
+    if isinstance(span, bool) or not isinstance(span, int | float) or not span > 0:
+        raise invalid("span", span, "must be a positive number")
+    if not math.isfinite(span):
+        raise invalid("span", span, "must be a positive number")
+    check_choice("norm", norm, NORMS)
+    check_choice("ignore", ignore, IGNORES)
+    check_choice("method", method, METHODS)
+    check_choice("precision", precision, PRECISIONS)
+    if batch_size is not None:
+        check_positive_int("batch_size", batch_size)
+    if points_per_batch is not None:
+        check_positive_int("points_per_batch", points_per_batch)
+    if precision != "fp32" and method not in ("inplace", "auto"):
+        raise invalid(
+            "precision",
+            precision,
+            f"needs method='inplace' or 'auto' (got method={method!r}); "
+            "use precision='fp32' with 'vmap' and 'loop'",
+        )
+
+
 def loss_landscape(
     model: nn.Module,
     data: Any,
@@ -696,22 +736,10 @@ def loss_landscape(
             bad ``span``, empty data, or (with the default loss) integer class targets
             outside ``0..C-1`` for a model with ``C`` outputs.
     """
-    if isinstance(dims, bool) or not isinstance(dims, int) or dims not in (1, 2):
-        raise invalid("dims", dims, (1, 2))
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-        raise invalid("steps", steps, "must be an integer >= 2 (grid points per axis)")
-    if isinstance(span, bool) or not isinstance(span, int | float) or not span > 0:
-        raise invalid("span", span, "must be a positive number")
-    if not math.isfinite(span):
-        raise invalid("span", span, "must be a positive number")
-    norm = check_choice("norm", norm, NORMS)
-    ignore = check_choice("ignore", ignore, IGNORES)
-    method = check_choice("method", method, METHODS)
-    precision = check_choice("precision", precision, PRECISIONS)
-    if batch_size is not None:
-        check_positive_int("batch_size", batch_size)
-    if points_per_batch is not None:
-        check_positive_int("points_per_batch", points_per_batch)
+    check_landscape_args(
+        dims=dims, steps=steps, span=span, norm=norm, ignore=ignore, batch_size=batch_size,
+        points_per_batch=points_per_batch, method=method, precision=precision,
+    )  # fmt: skip
 
     params = dict(model.named_parameters())
     if not params:
@@ -721,13 +749,6 @@ def loss_landscape(
     # vmap (resnet-20, 360 digits: about 30 vs 90 ms/point), on a GPU it avoids vmap's
     # grouped convs.
     method = "inplace" if method == "auto" else method
-    if precision != "fp32" and method != "inplace":
-        raise invalid(
-            "precision",
-            precision,
-            f"needs method='inplace' or 'auto' (got method={method!r}); "
-            "use precision='fp32' with 'vmap' and 'loop'",
-        )
     live = [
         n
         for n, m in model.named_modules()

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..models.layers import check_positive_int
+from ..models.layers import check_positive_int, invalid
 from .batches import check_class_targets, class_scores, xy_batches
 from .blocks import UnitView, check_view, find_units, run_model
 from .gradflow import default_loss, module_mode
@@ -186,6 +186,29 @@ def _default_k(num: int) -> list[int]:
     return sorted({max(1, round(num * i / 10)) for i in range(1, 11)})
 
 
+def check_lesion_args(
+    *, metric: Any, k_values: Any, draws: Any, swaps: Any, batch_size: Any
+) -> None:
+    """Raise ``ValueError`` for an argument of ``lesion`` that is bad whatever the model:
+    ``lesion`` starts with it, and a study spec checks its options with it when it loads.
+    That each k is at most the model's number of units is checked by ``lesion``."""
+    if metric not in METRICS:
+        raise ValueError(f"invalid metric={metric!r}; allowed: {', '.join(map(repr, METRICS))}")
+    check_positive_int("draws", draws)
+    if k_values is not None:
+        if isinstance(k_values, str) or not isinstance(k_values, Sequence):
+            raise ValueError(
+                f"invalid k_values={k_values!r}: give a list of ints, e.g. k_values=[{k_values!r}]"
+            )
+        bad_k = [k for k in k_values if isinstance(k, bool) or not isinstance(k, int) or k < 1]
+        if bad_k:
+            raise ValueError(f"invalid k_values {bad_k}: each k must be an int >= 1 (units)")
+    if not isinstance(swaps, bool):
+        raise invalid("swaps", swaps, "must be True or False")
+    if batch_size is not None:
+        check_positive_int("batch_size", batch_size)
+
+
 def lesion(
     model: nn.Module,
     data: Any,
@@ -218,21 +241,15 @@ def lesion(
         batch_size: forward passes over ``(x, y)`` tensors in chunks of this many samples
             (default: all at once), for a test set too large for the device at once.
     """
-    if metric not in METRICS:
-        raise ValueError(f"invalid metric={metric!r}; allowed: {', '.join(map(repr, METRICS))}")
-    check_positive_int("draws", draws)
+    check_lesion_args(
+        metric=metric, k_values=k_values, draws=draws, swaps=swaps, batch_size=batch_size
+    )
     units = find_units(model, blocks)  # a plain net raises, naming blocks=[...]
     num = len(units)
-    if k_values is not None and not isinstance(k_values, Sequence):
-        raise ValueError(
-            f"invalid k_values={k_values!r}: give a list of ints, e.g. k_values=[{k_values!r}]"
-        )
     k_values = _default_k(num) if k_values is None else list(k_values)
-    bad_k = [k for k in k_values if not isinstance(k, int) or not 1 <= k <= num]
+    bad_k = [k for k in k_values if k > num]
     if bad_k:
         raise ValueError(f"invalid k_values {bad_k}: each k must be an int in 1..{num} (units)")
-    if batch_size is not None:
-        check_positive_int("batch_size", batch_size)
     batches = xy_batches(data, batch_size, reiterable=True)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     rng = random.Random(seed)

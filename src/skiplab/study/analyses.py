@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..data import TensorData
+from ..models.layers import check_positive_int
 from .spec import ExperimentSpec
 
 # Per-analysis defaults for study runs: small enough for a laptop, options override them.
@@ -63,6 +64,50 @@ def option_names(kind: str, experiment: bool = False) -> list[str]:
     if experiment:
         return [n for n in params if n != "device"]
     return ["models", *BATCH_OPTIONS.get(kind, ()), *(n for n in params if n not in _PASSED)]
+
+
+def _checks() -> dict[str, Callable[..., None]]:
+    """Each analysis' check of the arguments that need no model or data (the analysis
+    itself starts with it)."""
+    from ..analysis.gradflow import check_gradflow_args
+    from ..analysis.identity import check_identity_args
+    from ..analysis.landscape import check_landscape_args
+    from ..analysis.lesion import check_lesion_args
+    from ..analysis.nonlinearity import check_nlc_args
+    from ..analysis.pathgrad import check_pathgrad_args
+    from ..analysis.shattered import check_shattered_args
+
+    return {
+        "gradflow": check_gradflow_args,
+        "pathgrad": check_pathgrad_args,
+        "lesion": check_lesion_args,
+        "landscape": check_landscape_args,
+        "nlc": check_nlc_args,
+        "identity": check_identity_args,
+        "shattered": check_shattered_args,
+    }
+
+
+def check_options(kind: str, options: dict[str, Any], experiment: bool = False) -> None:
+    """Raise ``ValueError`` for a bad option value of analysis (or experiment) ``kind``,
+    with the analysis' own check of what needs no model or data, given the options over
+    the study's defaults and the function's; a spec runs it on load, so a bad value fails
+    before any training, not as a 'skipped' analysis after it. Option names are checked
+    by the spec (``option_names``)."""
+    opts = dict(options)
+    if not experiment:
+        opts.pop("models", None)  # checked by the spec against the group's models
+        for name in BATCH_OPTIONS.get(kind, ()):
+            if name in opts:
+                check_positive_int(name, opts.pop(name))
+    check = _checks().get(kind)
+    if check is None:
+        return
+    params = inspect.signature(_functions()[kind]).parameters
+    args = {n: p.default for n, p in params.items() if p.default is not p.empty}
+    args.update({} if experiment else DEFAULTS[kind])
+    args.update(opts)
+    check(**{n: args[n] for n in inspect.signature(check).parameters})
 
 
 def _test_batch(

@@ -28,7 +28,14 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from .spec import ExperimentSpec, ModelSpec, RunSpec, StudySpec, check_unique
+from .spec import (
+    ExperimentSpec,
+    ModelSpec,
+    RunSpec,
+    StudySpec,
+    check_unique,
+    run_model_options,
+)
 from .store import LOCK_NAME, Store, study_lock
 
 log = logging.getLogger(__name__)
@@ -79,7 +86,6 @@ def execute_run(
 
     from ..data import load_dataset
     from ..models import create_model
-    from ..models.registry import data_options
     from ..train import fit, get_recipe
     from .analyses import run_analysis
 
@@ -93,10 +99,7 @@ def execute_run(
         data = load_dataset(run.data, data_dir=data_dir, **run.data_options)
         if run.subset:
             data = data.subset(run.subset.get("n_train"), run.subset.get("n_test"))
-        options = {
-            **data_options(run.model.name, data.input_shape, data.num_classes),
-            **run.model.options,
-        }
+        options = run_model_options(run.model, data)
         torch.manual_seed(run.seed)
         model = create_model(run.model.name, **options)
         label = run.model.display()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -347,6 +348,7 @@ def parse_spec(raw: Any, source: str = "<spec>", quick: bool = False) -> StudySp
         _fail("groups", "a study needs at least one group or experiment")
     datasets = list_datasets()
     seen: set[str] = set()
+    fits: dict[str, Any] = {}  # data sets loaded and models checked against them
     n_runs = 0
     for i, g in enumerate(groups):
         p = f"groups[{i}]"
@@ -391,6 +393,7 @@ def parse_spec(raw: Any, source: str = "<spec>", quick: bool = False) -> StudySp
         for j, m in enumerate(g["models"]):
             for combo in combos:
                 _validate_model(f"{p}.models[{j}]", _at(m, combo), {})
+        _check_fits(p, g, combos, fits)
         if "recipe" in g:
             own = _recipe_mapping(f"{p}.recipe", g["recipe"] or None)
             g["recipe"] = _recipe(
@@ -461,6 +464,7 @@ def parse_spec(raw: Any, source: str = "<spec>", quick: bool = False) -> StudySp
             _check_keys(
                 f"{p}.options", e["options"], tuple(option_names(e["kind"], experiment=True))
             )
+            _option_values(f"{p}.options", e["kind"], e["options"], experiment=True)
     _report(raw.get("report"))
     spec = StudySpec(
         name=name, description=str(raw.get("description") or ""), reproduces=str(raw.get("reproduces") or ""),
@@ -528,6 +532,7 @@ def _analysis_options(path: str, value: Any, labels: set[str]) -> None:
                 f"{path}.{kind}", f"expected a mapping of options: {', '.join(option_names(kind))}"
             )
         _check_keys(f"{path}.{kind}", opts, tuple(option_names(kind)))
+        _option_values(f"{path}.{kind}", kind, opts, experiment=False)
         only = opts.get("models")
         if only is None:
             continue
@@ -541,6 +546,73 @@ def _analysis_options(path: str, value: Any, labels: set[str]) -> None:
                     f"{path}.{kind}.models[{j}]",
                     f"{x!r} is not a model of this group{hint}; the group has: {', '.join(sorted(labels))}",
                 )
+
+
+def _option_path(path: str, options: dict[str, Any], err: ValueError) -> str:
+    """``path.NAME`` when the message is about option NAME (``invalid NAME=...``, the
+    one format of a bad option, perhaps after the name of a model built with it), else
+    ``path``."""
+    m = re.search(r"(?:^|: )invalid (\w+)\b", str(err))
+    return f"{path}.{m.group(1)}" if m and m.group(1) in options else path
+
+
+def _option_values(path: str, kind: str, options: dict[str, Any], *, experiment: bool) -> None:
+    """Option values are checked on load, by the analysis' own check (``check_options``):
+    a bad one fails here, not after the training as a 'skipped' analysis."""
+    from .analyses import check_options
+
+    try:
+        check_options(kind, options, experiment=experiment)
+    except ValueError as err:
+        _fail(_option_path(path, options, err), str(err))
+
+
+def run_model_options(model: ModelSpec, data: Any) -> dict[str, Any]:
+    """The options a run builds ``model`` with on ``data`` (a ``TensorData``): the data
+    set's ``in_channels``/``num_classes``, then the spec's own options."""
+    from ..models.registry import data_options
+
+    return {**data_options(model.name, data.input_shape, data.num_classes), **model.options}
+
+
+def _check_fits(
+    path: str, group: dict[str, Any], combos: list[dict[str, Any]], seen: dict[str, Any]
+) -> None:
+    """Build each model of a group for each of its embedded data sets as a run builds it,
+    and run two training examples through it (``check_model_fits_data``), so that a model
+    that does not fit its data fails on load. Each data set (with its options) is loaded,
+    and each model built, once per spec (``seen``); the sets read from files are left to
+    the run (their folder is the runner's, and reading them takes seconds)."""
+    import torch
+
+    from ..data.datasets import get_dataset_entry, load_dataset
+    from ..models import create_model
+    from ..train.trainer import check_model_fits_data
+
+    options = group.get("data_options") or {}
+    for d in group["data"]:
+        if not get_dataset_entry(d).embedded:
+            continue
+        data_key = json.dumps([d, options], sort_keys=True, default=repr)
+        if data_key not in seen:
+            try:
+                seen[data_key] = load_dataset(d, **options)
+            except ValueError as err:
+                _fail(_option_path(f"{path}.data_options", options, err), str(err))
+        data = seen[data_key]
+        for j, m in enumerate(group["models"]):
+            for combo in combos:
+                spec = _at(m, combo)
+                key = json.dumps([spec.name, spec.options, data_key], sort_keys=True, default=repr)
+                if key in seen:
+                    continue
+                seen[key] = True
+                try:
+                    with torch.random.fork_rng(devices=[]):  # the caller's RNG is left as it was
+                        model = create_model(spec.name, **run_model_options(spec, data))
+                    check_model_fits_data(model, data, None)
+                except ValueError as err:
+                    _fail(f"{path}.models[{j}]", str(err))
 
 
 def load_spec(path: str | Path | None = None, *, quick: bool = False) -> StudySpec:
