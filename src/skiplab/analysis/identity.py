@@ -221,10 +221,11 @@ def check_identity_args(
     log_every: Any,
     eval_points: Any,
     seeds: Any,
-) -> None:
+) -> tuple[dict[str, ModelSpec], list[int]]:
     """Raise ``ValueError`` for a bad argument of ``identity_task``, building each model at
     each depth (a bad name or depth fails before any training): it starts with this, and a
-    study spec checks its options with it when it loads."""
+    study spec checks its options with it when it loads. Returns the models by label and
+    the depths, read once (an iterator of them is used up here)."""
     specs = model_specs(default_identity_models() if models is None else models)
     depths = _check_depths(depths)
     if not isinstance(tasks, str | Sequence) or not tasks:
@@ -247,6 +248,7 @@ def check_identity_args(
     ):
         raise invalid("seeds", seeds, "expected a non-empty list of integers")
     check_builds(specs, depths, in_channels=dim, num_classes=dim, hidden=hidden)
+    return specs, depths
 
 
 def identity_task(
@@ -287,13 +289,11 @@ def identity_task(
             name or invalid depth, before any training.
     """
     # bad names / depths fail before any training
-    check_identity_args(
+    specs, depths = check_identity_args(
         models=models, depths=depths, dim=dim, tasks=tasks, hidden=hidden, steps=steps, lr=lr,
         batch_size=batch_size, threshold=threshold, log_every=log_every,
         eval_points=eval_points, seeds=seeds,
     )  # fmt: skip
-    specs = model_specs(default_identity_models() if models is None else models)
-    depths = _check_depths(depths)
     task_list = [tasks] if isinstance(tasks, str) else list(tasks)
     hidden = 4 * dim if hidden is None else hidden
     lr = float(lr)

@@ -419,10 +419,11 @@ def check_shattered_args(
     seed: Any,
     max_lag: Any,
     norm: Any,
-) -> None:
+) -> tuple[dict[str, ModelSpec], list[int]]:
     """Raise ``ValueError`` for a bad argument of ``shattered_gradients``, building each
     model at each depth (a bad name, depth or norm fails before any work): it starts with
-    this, and a study spec checks its options with it when it loads."""
+    this, and a study spec checks its options with it when it loads. Returns the models by
+    label and the depths, read once (an iterator of them is used up here)."""
     points = check_positive_int("points", points)
     if points < 4:
         raise invalid("points", points, "must be at least 4")
@@ -441,6 +442,7 @@ def check_shattered_args(
     specs = model_specs(models)
     depths = _check_depths(depths)
     check_builds(specs, depths, in_channels=1, num_classes=1, hidden=width, norm=norm)
+    return specs, depths
 
 
 def check_builds(specs: Mapping[str, ModelSpec], depths: Sequence[int], **defaults: Any) -> None:
@@ -493,13 +495,11 @@ def shattered_gradients(
     ``torch.random.fork_rng``).
     """
     # bad names / depths fail before any work
-    check_shattered_args(
+    specs, depths = check_shattered_args(
         models=models, depths=depths, points=points, span=span, width=width, inits=inits,
         seed=seed, max_lag=max_lag, norm=norm,
     )  # fmt: skip
     lo, hi = (float(s) for s in span)
-    specs = model_specs(models)
-    depths = _check_depths(depths)
     defaults = {"in_channels": 1, "num_classes": 1, "hidden": width, "norm": norm}
 
     x = torch.linspace(lo, hi, points, device=device)[:, None]  # [points, 1]

@@ -66,9 +66,9 @@ def option_names(kind: str, experiment: bool = False) -> list[str]:
     return ["models", *BATCH_OPTIONS.get(kind, ()), *(n for n in params if n not in _PASSED)]
 
 
-def _checks() -> dict[str, Callable[..., None]]:
+def _checks() -> dict[str, Callable[..., object]]:
     """Each analysis' check of the arguments that need no model or data (the analysis
-    itself starts with it)."""
+    itself starts with it; what a check returns is for the analysis, unused here)."""
     from ..analysis.gradflow import check_gradflow_args
     from ..analysis.identity import check_identity_args
     from ..analysis.landscape import check_landscape_args
