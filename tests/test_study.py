@@ -322,6 +322,14 @@ def test_different_spec_in_same_folder_is_refused(tmp_path: Path) -> None:
         run_study(parse_spec(TINY), tmp_path / "s")
 
 
+def _epochs_done(study: Path, run_id: str) -> int:
+    """Epochs a study's run has logged so far (lines of its metrics.jsonl)."""
+    try:
+        return len((study / "runs" / run_id / "metrics.jsonl").read_text().splitlines())
+    except OSError:
+        return 0
+
+
 def test_study_resumes_after_sigkill(tmp_path: Path) -> None:
     """Kill a study mid-run with SIGKILL; the restart redoes only the unfinished run."""
     spec = {**TINY, "recipe": {"preset": "quick", "epochs": 3, "batch_size": 32},
@@ -341,9 +349,11 @@ def test_study_resumes_after_sigkill(tmp_path: Path) -> None:
                 db.close()
             except sqlite3.Error:
                 rows = {}
-            if list(rows.values()).count("finished") >= 1 and "running" in rows.values():
-                killed_during = next(k for k, v in rows.items() if v == "running")
-                time.sleep(0.3)
+            # kill a run midway: after its first epoch of 3 (metrics.jsonl has one line),
+            # not on the edge of finishing, so that the kill cannot race its end
+            midway = [k for k, v in rows.items() if v == "running" and _epochs_done(out, k) == 1]
+            if list(rows.values()).count("finished") >= 1 and midway:
+                killed_during = midway[0]
                 break
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
