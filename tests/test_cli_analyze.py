@@ -320,3 +320,33 @@ def test_analyze_without_a_target_writes_to_analyses_kind(tmp_path: Path, monkey
         "shattered",
         "shattered-mlp_resmlp",
     ]
+
+
+TINY_VIT = """
+from torchvision.models.vision_transformer import VisionTransformer
+
+
+def build(layers=2):
+    return VisionTransformer(image_size=16, patch_size=8, num_layers=layers, num_heads=2,
+                             hidden_dim=8, mlp_dim=16, num_classes=3)
+"""
+
+
+def test_analyze_splits_transformer_blocks_on_request(user_module) -> None:
+    # ViT's blocks hold two additions each: without --split-sublayers one clear message,
+    # with it a lesion of each attention and MLP sublayer
+    tmp_path = user_module("tinyvit", TINY_VIT)
+    data = ["--data", "random", "--data-option", "size=16", "--data-option", "classes=3",
+            "--data-option", "n_test=8"]  # fmt: skip
+    res = runner.invoke(app, ["analyze", "lesion", "tinyvit:build", *data])
+    assert res.exit_code == 2 and "--split-sublayers" in res.stderr
+    assert "Traceback" not in res.output
+    res = runner.invoke(app, ["analyze", "lesion", "tinyvit:build", *data, "--split-sublayers"])
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "analyses" / "lesion-tinyvit_build" / "result.json").read_text())
+    assert [row["name"] for row in r["single"]] == [
+        f"encoder.layers.encoder_layer_{i}.{s}" for i in (0, 1) for s in ("attn", "mlp")
+    ]
+    assert r["invocation"]["split_sublayers"] is True
+    res = runner.invoke(app, ["analyze", "landscape", "tinyvit:build", *data, "--split-sublayers"])
+    assert res.exit_code == 2 and "--split-sublayers is for" in res.stderr

@@ -382,12 +382,20 @@ ANALYSES = ("paths", "gradflow", "pathgrad", "lesion", "identity", "shattered", 
 # The options of `skiplab analyze` each kind reads; any other one would be silently ignored.
 _DATA = ("data", "data_dir", "data_option")
 ANALYZE_OPTIONS: dict[str, tuple[str, ...]] = {
-    "paths": (*_DATA, "until", "blocks"),
-    "gradflow": (*_DATA, "batch", "blocks"),
-    "pathgrad": (*_DATA, "batch", "blocks", "precision", "max_length", "samples"),
-    "lesion": (*_DATA, "blocks"),
+    "paths": (*_DATA, "until", "blocks", "split_sublayers"),
+    "gradflow": (*_DATA, "batch", "blocks", "split_sublayers"),
+    "pathgrad": (
+        *_DATA,
+        "batch",
+        "blocks",
+        "split_sublayers",
+        "precision",
+        "max_length",
+        "samples",
+    ),
+    "lesion": (*_DATA, "blocks", "split_sublayers"),
     "landscape": (*_DATA, "batch", "dims", "steps", "precision"),
-    "nlc": (*_DATA, "batch", "blocks"),
+    "nlc": (*_DATA, "batch", "blocks", "split_sublayers"),
     "identity": ("depths", "steps"),
     "shattered": ("depths",),
 }
@@ -692,6 +700,11 @@ def analyze_cmd(
     blocks: str = typer.Option(
         None, "--blocks", help="comma-separated module names of the residual units"
     ),
+    split: bool = typer.Option(
+        False,
+        "--split-sublayers",
+        help="split transformer blocks into attn and mlp units (skiplab.analysis.split_sublayers)",
+    ),
     dims: int = typer.Option(None, "--dims", help="landscape: 1 or 2 (default 2)"),
     steps: int = typer.Option(
         None,
@@ -730,7 +743,8 @@ def analyze_cmd(
 
     given = {"data": data, "data_dir": data_dir, "data_option": data_option or None,
              "batch": batch, "until": until,
-             "blocks": blocks, "dims": dims, "steps": steps, "depths": depths,
+             "blocks": blocks, "split_sublayers": True if split else None,
+             "dims": dims, "steps": steps, "depths": depths,
              "precision": precision, "max_length": max_length, "samples": samples}  # fmt: skip
     wrong = [k for k, v in given.items() if v is not None and k not in ANALYZE_OPTIONS[kind]]
     if wrong:
@@ -802,6 +816,8 @@ def analyze_cmd(
         n = ANALYZE_BATCH if batch is None else batch
         x, y = dataset.test_x[:n].to(dev), dataset.test_y[:n].to(dev)
         _check_fit(model, dataset, x, label, data_name, trained)
+        if split:
+            model = A.split_sublayers(model)
         if kind == "paths":
             res = A.path_spectrum(model, x[:1], until=until, blocks=block_list)
         elif kind == "gradflow":

@@ -327,7 +327,8 @@ def find_units(
             raise ValueError(
                 f"no residual units found in {type(model).__name__}: its transformer blocks "
                 "hold two residual additions each; analyse split_sublayers(model) instead "
-                "(skiplab.analysis), whose attn and mlp sublayers are units"
+                "(skiplab.analysis), whose attn and mlp sublayers are units; skiplab analyze: "
+                "--split-sublayers"
             )
         raise ValueError(
             f"no residual units found in {type(model).__name__}: skiplab finds its own units and "
