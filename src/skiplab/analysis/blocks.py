@@ -66,7 +66,7 @@ def torchvision_other_unit_types() -> tuple[type, ...]:
     )
 
 
-def _keeps_forward(module: nn.Module, types: tuple[type, ...]) -> bool:
+def keeps_forward(module: nn.Module, types: tuple[type, ...]) -> bool:
     """``module`` is one of ``types``, subclasses included as long as they keep the forward."""
     return isinstance(module, types) and type(module).forward in [t.forward for t in types]
 
@@ -79,9 +79,9 @@ def unit_kind(module: nn.Module) -> str | None:
     forward); None otherwise (other units follow the ``branch``/``shortcut`` protocol)."""
     if isinstance(module, ResidualUnit):
         return "skiplab" if type(module).forward is ResidualUnit.forward else None
-    if _keeps_forward(module, torchvision_unit_types()):
+    if keeps_forward(module, torchvision_unit_types()):
         return "torchvision"
-    if _keeps_forward(module, torchvision_other_unit_types()):
+    if keeps_forward(module, torchvision_other_unit_types()):
         return "torchvision-other"
     return None
 
@@ -167,45 +167,46 @@ class UnitView:
 
     name: str
     module: nn.Module
-    # Read once: the paths below run per batch (lesion, path gradients).
-    _kind: str | None = field(init=False, repr=False, compare=False)
-    _paths: TorchvisionPaths | None = field(init=False, repr=False, compare=False)
+    # Read once (``unit_kind``; the paths of torchvision's other units): the methods below
+    # run per batch (lesion, path gradients).
+    kind: str | None = field(init=False, repr=False, compare=False)
+    paths: TorchvisionPaths | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self._kind = unit_kind(self.module)
-        other = self._kind == "torchvision-other"
-        self._paths = TorchvisionPaths.of(self.module) if other else None
+        self.kind = unit_kind(self.module)
+        other = self.kind == "torchvision-other"
+        self.paths = TorchvisionPaths.of(self.module) if other else None
 
     def shortcut(self, x: Tensor) -> Tensor:
         m = self.module
-        if self._kind == "skiplab":
+        if self.kind == "skiplab":
             return m.shortcut_path(x)
-        if self._kind == "torchvision":
+        if self.kind == "torchvision":
             return x if m.downsample is None else m.downsample(x)
-        if self._paths is not None:
-            return self._paths.shortcut(x)
+        if self.paths is not None:
+            return self.paths.shortcut(x)
         return x if m.shortcut is None else m.shortcut(x)
 
     def branch(self, x: Tensor) -> Tensor:
         m = self.module
-        if self._kind == "skiplab":
+        if self.kind == "skiplab":
             return m.branch_path(x)
-        if self._kind == "torchvision":
+        if self.kind == "torchvision":
             out = m.relu(m.bn1(m.conv1(x)))
             out = m.bn2(m.conv2(out))
             if hasattr(m, "conv3"):
                 out = m.bn3(m.conv3(m.relu(out)))
             return out
-        if self._paths is not None:
-            return self._paths.branch(x)
+        if self.paths is not None:
+            return self.paths.branch(x)
         return m.branch(x)
 
     def finish(self, shortcut: Tensor, branch: Tensor, x: Tensor) -> Tensor:
         """Combine the two paths as the unit does (``x`` is the unit input, for gates)."""
         m = self.module
-        if self._kind == "skiplab":
+        if self.kind == "skiplab":
             return m.combine(shortcut, branch, x)
-        if self._kind == "torchvision":
+        if self.kind == "torchvision":
             return m.relu(shortcut + branch)
         post = self._post()
         out = shortcut + branch
@@ -214,17 +215,17 @@ class UnitView:
     def post_is_identity(self) -> bool:
         """True when the unit adds nothing after the addition (pre-activation units)."""
         m = self.module
-        if self._kind == "skiplab":
+        if self.kind == "skiplab":
             return isinstance(m.post, nn.Identity) and m.gate is None
-        if self._kind == "torchvision":
+        if self.kind == "torchvision":
             return False
         return self._post() is None
 
     def _post(self) -> Any:
         """What a unit of torchvision's other kinds or of the ``branch``/``shortcut``
         protocol does after the addition (None: nothing)."""
-        if self._paths is not None:
-            return self._paths.post
+        if self.paths is not None:
+            return self.paths.post
         return getattr(self.module, "post", None)
 
 

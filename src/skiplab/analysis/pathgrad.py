@@ -48,7 +48,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..models.layers import Scale, check_choice, eval_norm_affine, invalid
 from .batches import quiet_vmap_fallback
-from .blocks import UnitView, check_view, find_units, run_model, unit_kind
+from .blocks import UnitView, check_view, find_units, run_model
 from .gradflow import LossFn, checked_default_loss, module_mode
 from .result import Result, new_axes, to_jsonable
 
@@ -429,7 +429,7 @@ def _direct_modules(view: UnitView) -> tuple[list[nn.Module], bool] | None:
     branch of known modules and nothing or a ReLU after the addition; None for any other
     unit (it goes through ``_UnitPullback``)."""
     m = view.module
-    kind = unit_kind(m)
+    kind = view.kind
     if kind == "torchvision":  # BasicBlock / Bottleneck: relu(x + branch)
         if m.downsample is not None:
             return None

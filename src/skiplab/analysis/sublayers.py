@@ -28,6 +28,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from .blocks import keeps_forward
+
 log = logging.getLogger(__name__)
 
 
@@ -115,23 +117,18 @@ def _split(block: nn.Module) -> SplitBlock | None:
     from torchvision.models.swin_transformer import SwinTransformerBlock, SwinTransformerBlockV2
     from torchvision.models.vision_transformer import EncoderBlock
 
-    kind = type(block)
-    if kind.forward is EncoderBlock.forward and isinstance(block, EncoderBlock):
+    if keeps_forward(block, (EncoderBlock,)):
         attn = SubLayer(SelfAttention(block.ln_1, block.self_attention, block.dropout))
         mlp = SubLayer(nn.Sequential(block.ln_2, block.mlp))
-    elif kind.forward is SwinTransformerBlock.forward and isinstance(block, SwinTransformerBlock):
+    elif keeps_forward(block, (SwinTransformerBlock,)):  # not V2: its forward differs
         sd = block.stochastic_depth
         attn = SubLayer(nn.Sequential(block.norm1, block.attn, sd))
         mlp = SubLayer(nn.Sequential(block.norm2, block.mlp, sd))
-    elif kind.forward is SwinTransformerBlockV2.forward and isinstance(
-        block, SwinTransformerBlockV2
-    ):
+    elif keeps_forward(block, (SwinTransformerBlockV2,)):
         sd = block.stochastic_depth
         attn = SubLayer(nn.Sequential(block.attn, block.norm1, sd))
         mlp = SubLayer(nn.Sequential(block.mlp, block.norm2, sd))
-    elif kind.forward is nn.TransformerEncoderLayer.forward and isinstance(
-        block, nn.TransformerEncoderLayer
-    ):
+    elif keeps_forward(block, (nn.TransformerEncoderLayer,)):
         pre = block.norm_first
         attn = SubLayer(
             SelfAttention(block.norm1 if pre else None, block.self_attn, block.dropout1),

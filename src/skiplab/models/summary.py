@@ -70,22 +70,17 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> M
     shortcuts = Counter(u.shortcut_kind for u in units)
     placements = Counter(u.placement for u in units)
     if not units:  # torchvision's blocks, or units of the branch/shortcut protocol
-        from ..analysis.blocks import (  # analysis builds on models
-            TorchvisionPaths,
-            find_units,
-            unit_kind,
-        )
+        from ..analysis.blocks import find_units  # analysis builds on models
 
         for view in find_units(model, required=False):
             m = view.module
-            if unit_kind(m) == "torchvision":  # He et al. 2015: ReLU after the addition
+            if view.kind == "torchvision":  # He et al. 2015: ReLU after the addition
                 shortcuts["identity" if m.downsample is None else "projection"] += 1
                 placements["original"] += 1
-            elif unit_kind(m) == "torchvision-other":
-                paths = TorchvisionPaths.of(m)
+            elif view.paths is not None:  # torchvision's other units
                 projection = getattr(m, "proj", None) is not None  # RegNet
                 shortcuts["projection" if projection else "identity"] += 1
-                if paths.post is not None:  # RegNet: an activation after the addition
+                if view.paths.post is not None:  # RegNet: an activation after the addition
                     placements["original"] += 1
             else:
                 shortcuts["identity" if m.shortcut is None else type(m.shortcut).__name__] += 1
